@@ -1,0 +1,1 @@
+"""RabbitMQ through aio-pika: topology, dead-letter publishing."""

@@ -1,0 +1,123 @@
+"""Create the database if missing, migrate it under a lock, and build the async engine."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import psycopg
+import structlog
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = structlog.get_logger(__name__)
+
+MIGRATION_LOCK_ID = 0x62696C6C  # "bill": one advisory lock, so replicas migrate one at a time
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: inside an installed wheel, or the repository checkout."""
+    packaged = Path(str(importlib.resources.files("billing_worker"))) / "_migrations"
+    if (packaged / "env.py").exists():
+        return packaged
+    checkout = Path(__file__).resolve().parents[3] / "migrations"
+    if (checkout / "env.py").exists():
+        return checkout
+    raise FileNotFoundError("the Alembic migrations are neither packaged nor in a checkout")
+
+
+def alembic_config(url: URL) -> Config:
+    """An Alembic configuration built in code (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option(
+        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+    )
+    return config
+
+
+def redacted(url: str | URL) -> str:
+    """The URL with any password masked, safe to log."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def ensure_database(url: URL) -> bool:
+    """Create the target database if it does not exist; return whether it was created.
+
+    Safe when several replicas race: the loser sees ``duplicate_database`` and moves on.
+    """
+    if not url.database:
+        raise ValueError("BILLING_DATABASE_URL names no database")
+    admin = url.set(database="postgres")
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
+            ).scalar()
+            if exists:
+                return False
+            quoted = conn.dialect.identifier_preparer.quote(url.database)
+            try:
+                conn.execute(text(f"CREATE DATABASE {quoted}"))
+            except Exception as exc:  # translated below when it is the benign race
+                if isinstance(
+                    getattr(exc, "orig", None),
+                    psycopg.errors.DuplicateDatabase | psycopg.errors.UniqueViolation,
+                ):
+                    return False
+                raise
+            log.info("database_created", database=url.database)
+            return True
+    finally:
+        engine.dispose()
+
+
+def migrate(url: URL) -> str | None:
+    """Bring the schema to the newest revision; return it. Replicas serialise on a lock."""
+    config = alembic_config(url)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            conn.commit()
+            try:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                conn.commit()
+                head = MigrationContext.configure(conn).get_current_revision()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+                conn.commit()
+    finally:
+        engine.dispose()
+    log.info("database_migrated", revision=head)
+    return head
+
+
+def head_revision() -> str | None:
+    """The newest revision the packaged migrations know."""
+    return ScriptDirectory.from_config(alembic_config(URL.create("postgresql"))).get_current_head()
+
+
+def prepare_database(url: str) -> str | None:
+    """Create if missing, then migrate: what ``billing-worker run`` does before consuming."""
+    parsed = make_url(url)
+    ensure_database(parsed)
+    return migrate(parsed)
+
+
+def create_engine_for(url: str, *, pool_size: int) -> AsyncEngine:
+    """The worker's async engine; connections are checked before use after idling."""
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )

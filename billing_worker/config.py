@@ -1,0 +1,91 @@
+"""One settings object from ``BILLING_*`` environment variables, validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BILLING_"
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker. Defaults target a local RabbitMQ and PostgreSQL."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    database_url: SecretStr = SecretStr("postgresql+psycopg://postgres@127.0.0.1:5432/billing")
+    namespace: str = Field(default="", max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]*)?$")
+    pricebook: Path | None = None
+    http_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the container
+    http_port: int = Field(default=9464, ge=0, le=65535)
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str | None = None
+
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_max_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    prefetch: int | None = Field(default=None, ge=1, le=65_535)
+    db_pool_size: int = Field(default=4, ge=1, le=100)
+    db_retry_attempts: int = Field(default=6, ge=1, le=100)
+    db_retry_max_wait_seconds: float = Field(default=5.0, gt=0, le=300)
+    requeue_pause_seconds: float = Field(default=5.0, ge=0, le=600)
+    max_clock_skew_seconds: int = Field(default=300, ge=0)
+    shutdown_grace_seconds: float = Field(default=30.0, gt=0, le=3600)
+    startup_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must be a postgresql+psycopg:// (or postgresql://) URL")
+        return SecretStr(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _not_yet_supported(self) -> Settings:
+        if self.pricebook is not None:
+            raise ValueError(
+                "BILLING_PRICEBOOK: price book files are not supported by this version; "
+                "unset it to use the built-in launch catalog"
+            )
+        return self
+
+    @property
+    def effective_prefetch(self) -> int:
+        """Unacked deliveries the broker may push: two batches, so one fills while one commits."""
+        return self.prefetch if self.prefetch is not None else 2 * self.batch_size
+
+
+def load_settings() -> Settings:
+    """Read the environment; raise ``ConfigError`` naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            field = str(error["loc"][0]) if error["loc"] else ""
+            name = f"{ENV_PREFIX}{field.upper()}" if field else "configuration"
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {message}" if not message.startswith(name) else message)
+        raise ConfigError("; ".join(problems)) from exc

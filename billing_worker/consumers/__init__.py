@@ -1,0 +1,1 @@
+"""One small module per queue, plus the shared batching machinery that settles deliveries."""

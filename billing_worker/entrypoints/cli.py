@@ -1,0 +1,67 @@
+"""The ``billing-worker`` command: ``run`` the worker, ``migrate`` the database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from billing_worker import __version__
+from billing_worker.adapters.observability.logging import configure_logging
+from billing_worker.config import ConfigError, Settings, load_settings
+
+log = structlog.get_logger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, one sub-command per job."""
+    parser = argparse.ArgumentParser(
+        prog="billing-worker",
+        description="Usage metering and billing worker. Configured by BILLING_* variables.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "run", help="create and migrate the database, then consume until SIGTERM/SIGINT"
+    )
+    commands.add_parser("migrate", help="create the database if missing and apply migrations")
+    return parser
+
+
+def _run(settings: Settings) -> int:
+    from billing_worker.entrypoints.worker import serve  # noqa: PLC0415 - keep --help fast
+
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, plain asyncio without it
+    except ImportError:
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))
+
+
+def _migrate(settings: Settings) -> int:
+    from billing_worker.adapters.postgres.database import (  # noqa: PLC0415 - keep --help fast
+        prepare_database,
+        redacted,
+    )
+
+    url = settings.database_url.get_secret_value()
+    revision = prepare_database(url)
+    log.info("migrate_done", database=redacted(url), revision=revision)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, load settings (failing fast and clearly), dispatch."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        sys.stderr.write(f"billing-worker: invalid configuration: {exc}\n")
+        return 2
+    configure_logging(settings.log_level)
+    if args.command == "run":
+        return _run(settings)
+    return _migrate(settings)

@@ -1,0 +1,205 @@
+"""The worker process: start in order, serve until told to stop, drain, close in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from billing_worker import __version__
+from billing_worker.adapters.amqp.topology import declare_usage_topology
+from billing_worker.adapters.observability.http import HealthServer, Readiness, health_app
+from billing_worker.adapters.observability.metrics import Metrics
+from billing_worker.adapters.postgres.database import create_engine_for, prepare_database, redacted
+from billing_worker.bootstrap import Components, build_components, topology_for
+from billing_worker.config import Settings
+
+log = structlog.get_logger(__name__)
+
+PROBE_INTERVAL_SECONDS = 2.0
+
+
+class StartupError(Exception):
+    """A dependency could not be reached within the startup timeout."""
+
+
+class Worker:
+    """One worker process's resources, started and stopped in a fixed order."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.readiness = Readiness()
+        self.http: HealthServer | None = None
+        self._engine: AsyncEngine | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._components: Components | None = None
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def components(self) -> Components:
+        """The running consumers (after ``start``)."""
+        if self._components is None:
+            raise RuntimeError("worker not started")
+        return self._components
+
+    async def start(self) -> None:
+        """HTTP first (so probes answer), then database, broker, topology, consumers."""
+        s = self.settings
+        self.http = HealthServer(
+            s.http_host, s.http_port, health_app(self.metrics.registry, self.readiness)
+        )
+        self.http.start()
+        self._note_stripe()
+        db_url = s.database_url.get_secret_value()
+        await self._within_startup_timeout("database", prepare_database, db_url)
+        self._engine = create_engine_for(db_url, pool_size=s.db_pool_size)
+        self._connection = await self._connect_broker()
+        consume_channel = await self._connection.channel(publisher_confirms=False)
+        await consume_channel.set_qos(prefetch_count=s.effective_prefetch)
+        publish_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        usage_queue = await declare_usage_topology(consume_channel, topology_for(s))
+        self._components = build_components(
+            s,
+            engine=self._engine,
+            usage_queue=usage_queue,
+            publish_channel=publish_channel,
+            metrics=self.metrics,
+        )
+        await self._components.usage_consumer.start()
+        await self._check_dependencies()
+        self._probe = asyncio.create_task(self._probe_forever(), name="dependency-probe")
+        log.info(
+            "worker_started",
+            version=__version__,
+            database=redacted(db_url),
+            namespace=s.namespace or None,
+            http_port=self.http.port,
+            batch_size=s.batch_size,
+            batch_max_wait_ms=s.batch_max_wait_ms,
+            prefetch=s.effective_prefetch,
+        )
+
+    async def stop(self) -> bool:
+        """Stop consuming, settle in-flight deliveries, close everything; True if fully drained."""
+        drained = True
+        if self._components is not None:
+            drained = await self._components.usage_consumer.stop(
+                self.settings.shutdown_grace_seconds
+            )
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        if self._connection is not None:
+            await self._connection.close()
+        if self._engine is not None:
+            await self._engine.dispose()
+        if self.http is not None:
+            self.http.stop()
+        log.info("worker_stopped", drained=drained)
+        return drained
+
+    def _note_stripe(self) -> None:
+        s = self.settings
+        if s.stripe_webhook_secret is None:
+            note = "off: BILLING_STRIPE_WEBHOOK_SECRET is not set"
+        else:
+            note = "off: Stripe event processing is not available in this version"
+        log.warning("stripe_consumer_off", reason=note)
+        self.readiness.notes = {**self.readiness.notes, "stripe": note}
+
+    async def _within_startup_timeout(
+        self, what: str, func: Callable[[str], object], arg: str
+    ) -> None:
+        """Run blocking ``func(arg)`` until the dependency answers or the startup timeout ends."""
+        deadline = self.settings.startup_timeout_seconds
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(deadline),
+                wait=wait_exponential(multiplier=0.5, max=5),
+                retry=retry_if_exception_type((OSError, OperationalError)),
+                before_sleep=lambda state: log.warning(
+                    "dependency_unreachable_retrying",
+                    dependency=what,
+                    error=str(state.outcome.exception() if state.outcome else None),
+                ),
+                reraise=True,
+            ):
+                with attempt:
+                    await asyncio.to_thread(func, arg)
+        except (OSError, OperationalError) as exc:
+            raise StartupError(f"{what} not reachable after {deadline:g}s: {exc}") from exc
+
+    async def _connect_broker(self) -> AbstractRobustConnection:
+        s = self.settings
+        deadline = time.monotonic() + s.startup_timeout_seconds
+        while True:
+            try:
+                return await aio_pika.connect_robust(
+                    s.amqp_url.get_secret_value(),
+                    reconnect_interval=1,
+                    client_properties={"connection_name": f"billing-worker {s.namespace}".strip()},
+                )
+            except (OSError, aio_pika.exceptions.AMQPError) as exc:
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"broker not reachable after {s.startup_timeout_seconds:g}s: {exc}"
+                    ) from exc
+                log.warning("broker_unreachable_retrying", error=str(exc))
+                await asyncio.sleep(1)
+
+    async def _check_dependencies(self) -> None:
+        connection, engine = self._connection, self._engine
+        broker_ok = connection is not None and connection.connected.is_set()
+        self.readiness.set("broker", broker_ok, "" if broker_ok else "not connected")
+        self.metrics.up.labels(dependency="broker").set(1 if broker_ok else 0)
+        db_ok, note = False, "no engine"
+        if engine is not None:
+            try:
+                async with asyncio.timeout(PROBE_INTERVAL_SECONDS):
+                    async with engine.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+                db_ok, note = True, ""
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready", and says why
+                note = f"unreachable: {type(exc).__name__}"
+        self.readiness.set("database", db_ok, note)
+        self.metrics.up.labels(dependency="database").set(1 if db_ok else 0)
+        consumer_ok = self._components is not None and self._components.usage_consumer.running
+        self.readiness.set("usage_consumer", consumer_ok, "" if consumer_ok else "not running")
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            await self._check_dependencies()
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; exit code 0 after a clean drain."""
+    worker = Worker(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await worker.start()
+    except StartupError as exc:
+        log.error("worker_start_failed", error=str(exc))  # noqa: TRY400 - message says it all
+        await worker.stop()
+        return 1
+    await stop.wait()
+    log.info("worker_stopping")
+    drained = await worker.stop()
+    return 0 if drained else 1

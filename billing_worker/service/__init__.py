@@ -1,0 +1,1 @@
+"""Use cases: each one transaction over a unit of work."""

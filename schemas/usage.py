@@ -1,0 +1,96 @@
+"""Usage event, version 1: a CloudEvents 1.0 envelope (structured mode) carrying a quantity."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+
+USAGE_EVENT_SCHEMA_ID = "https://billing-worker.dev/schemas/usage-event/v1.json"
+
+MAX_DIMENSIONS = 32
+"""More dimensions than this on one event is a producer bug, not a pricing need."""
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+EventType = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+DimensionKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+DimensionValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool | None
+"""A dimension is a flat scalar a price may depend on (``model = "gpt-4"``); nesting is refused."""
+
+Quantity = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=38, decimal_places=18, allow_inf_nan=False),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$"},
+            ]
+        }
+    ),
+]
+"""Non-negative, finite, at most 38 significant digits of which at most 18 after the point."""
+
+
+class UsageData(BaseModel):
+    """The ``data`` member: ``quantity`` plus flat dimension fields."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+    quantity: Quantity = Field(
+        default=Decimal(1),
+        description="Amount used, a JSON number or a decimal string; 1 when absent.",
+    )
+    __pydantic_extra__: dict[DimensionKey, DimensionValue] = Field(init=False)
+
+    @model_validator(mode="after")
+    def _bounded_dimensions(self) -> UsageData:
+        extra = self.__pydantic_extra__ or {}
+        if len(extra) > MAX_DIMENSIONS:
+            raise ValueError(f"data has {len(extra)} dimension fields; at most {MAX_DIMENSIONS}")
+        return self
+
+    @property
+    def dimensions(self) -> dict[str, str | int | float | bool | None]:
+        """Every ``data`` field but ``quantity``."""
+        return dict(self.__pydantic_extra__ or {})
+
+
+class UsageEventV1(BaseModel):
+    """A usage event as product services publish it to ``billing.usage``.
+
+    The idempotency key is (``source``, ``id``); ``subject`` is the billed account.
+    """
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"$id": USAGE_EVENT_SCHEMA_ID},
+        title="UsageEvent",
+    )
+
+    specversion: Literal["1.0"]
+    id: Identifier = Field(description="Unique per source; with source, the idempotency key.")
+    source: Identifier = Field(description="The producing service, e.g. chat-service.")
+    type: EventType = Field(description="Selects the meter(s), e.g. chat.tokens.")
+    subject: Identifier = Field(description="The billed account id.")
+    time: AwareDatetime = Field(description="When the usage happened; must carry a UTC offset.")
+    datacontenttype: Literal["application/json"] | None = None
+    dataschema: Annotated[str, StringConstraints(max_length=512)] | None = None
+    data: UsageData = Field(default_factory=UsageData)
+
+
+UsageEvent = UsageEventV1
+"""The current version of the usage event."""
