@@ -29,7 +29,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from billing_worker.adapters.amqp.dead_letters import DeadLetter, DeadLetterPublisher
@@ -232,7 +233,8 @@ class BatchingConsumer(Generic[CommandT]):
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             stop=stop_after_attempt(policy.retry_attempts),
-            wait=wait_exponential_jitter(initial=0.05, max=policy.retry_max_wait),
+            wait=wait_exponential(multiplier=0.05, max=policy.retry_max_wait)
+            + wait_random(0, 0.05),
             sleep=self._sleep,
             before_sleep=self._on_retry,
             reraise=True,

@@ -45,6 +45,7 @@ class Worker:
         self._connection: AbstractRobustConnection | None = None
         self._components: Components | None = None
         self._probe: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def components(self) -> Components:
@@ -94,6 +95,9 @@ class Worker:
 
     async def stop(self) -> bool:
         """Stop consuming, settle in-flight deliveries, close everything; True if fully drained."""
+        if self._stopped:
+            return True
+        self._stopped = True
         drained = True
         if self._components is not None:
             drained = await self._components.usage_consumer.stop(

@@ -11,8 +11,8 @@ _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
 """Connection exceptions, transaction rollbacks (deadlock, serialization), insufficient
 resources, operator intervention (shutdown, cannot connect now)."""
 
-_DATA_SQLSTATE_CLASSES = ("22", "23")
-"""Data exceptions and integrity violations: the rows, not the server, are at fault."""
+_REFUSED_DATA = (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation)
+"""Integrity violations caused by the rows themselves (others are bugs, not bad input)."""
 
 
 def translate(exc: BaseException) -> BaseException | None:  # noqa: PLR0911 - one rule a line
@@ -31,6 +31,8 @@ def translate(exc: BaseException) -> BaseException | None:  # noqa: PLR0911 - on
         return TransientError(
             f"database unavailable or contended ({sqlstate or 'no sqlstate'}): {orig}"
         )
-    if sqlstate[:2] in _DATA_SQLSTATE_CLASSES:
-        return UnprocessableEvent(f"the database refused the data ({sqlstate}): {orig}")
+    # DataError covers both server-side 22xxx errors and values psycopg cannot send at
+    # all (a NUL character in text), which carry no SQLSTATE.
+    if isinstance(orig, (psycopg.DataError, *_REFUSED_DATA)):
+        return UnprocessableEvent(f"the database refused the data ({sqlstate or 'client'}): {orig}")
     return None

@@ -82,7 +82,7 @@ class PostgresUsageStore:
                 "fingerprints": [r.fingerprint for r in records],
             },
         )
-        return {(source, event_id) for source, event_id in result.tuples()}
+        return {(source, event_id) for source, event_id in result}
 
     async def stored_fingerprints(
         self, keys: Sequence[IdempotencyKey]
@@ -92,7 +92,7 @@ class PostgresUsageStore:
             STORED_FINGERPRINTS,
             {"sources": [k[0] for k in keys], "event_ids": [k[1] for k in keys]},
         )
-        return {(source, event_id): bytes(fp) for source, event_id, fp in result.tuples()}
+        return {(source, event_id): bytes(fp) for source, event_id, fp in result}
 
     async def ensure_accounts(self, accounts: Sequence[str], plan: str) -> None:
         """Create missing accounts on ``plan``."""

@@ -1,0 +1,86 @@
+"""Settings come from BILLING_* variables; a bad value fails at start naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from billing_worker.config import ConfigError, load_settings
+from billing_worker.entrypoints.cli import main
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No BILLING_* variable from the outer environment leaks into these tests."""
+    import os  # noqa: PLC0415 - only for listing
+
+    for name in list(os.environ):
+        if name.startswith("BILLING_"):
+            monkeypatch.delenv(name)
+
+
+class TestSettings:
+    def test_defaults_target_local_services(self) -> None:
+        """With nothing set, the worker talks to local RabbitMQ and PostgreSQL (CONTRACTS.md)."""
+        s = load_settings()
+        assert s.amqp_url.get_secret_value() == "amqp://guest:guest@127.0.0.1:5672/"
+        assert s.database_url.get_secret_value() == (
+            "postgresql+psycopg://postgres@127.0.0.1:5432/billing"
+        )
+        assert s.namespace == ""
+        assert s.http_port == 9464
+        assert s.stripe_webhook_secret is None
+
+    def test_prefetch_defaults_to_two_batches(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Prefetch follows the batch size unless set."""
+        monkeypatch.setenv("BILLING_BATCH_SIZE", "300")
+        assert load_settings().effective_prefetch == 600
+        monkeypatch.setenv("BILLING_PREFETCH", "50")
+        assert load_settings().effective_prefetch == 50
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("BILLING_HTTP_PORT", "70000"),
+            ("BILLING_BATCH_SIZE", "many"),
+            ("BILLING_NAMESPACE", "has space"),
+            ("BILLING_DATABASE_URL", "mysql://x/y"),
+            ("BILLING_AMQP_URL", "http://broker"),
+            ("BILLING_LOG_LEVEL", "chatty"),
+            ("BILLING_BATCH_MAX_WAIT_MS", "-1"),
+        ],
+    )
+    def test_bad_value_names_the_variable(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+    ) -> None:
+        """The error message starts from the variable the operator has to fix."""
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=name):
+            load_settings()
+
+    def test_plain_postgresql_url_uses_psycopg(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A postgresql:// URL is accepted and driven by psycopg 3."""
+        monkeypatch.setenv("BILLING_DATABASE_URL", "postgresql://u@h/db")
+        assert load_settings().database_url.get_secret_value() == "postgresql+psycopg://u@h/db"
+
+    def test_secrets_are_not_printed(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """URLs and Stripe secrets never show up in the settings' repr."""
+        monkeypatch.setenv("BILLING_AMQP_URL", "amqp://user:hunter2@broker/")
+        monkeypatch.setenv("BILLING_STRIPE_WEBHOOK_SECRET", "whsec_topsecret")
+        text = repr(load_settings())
+        assert "hunter2" not in text
+        assert "whsec_topsecret" not in text
+
+    def test_price_book_file_refused_until_supported(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Setting BILLING_PRICEBOOK is refused loudly rather than silently ignored."""
+        monkeypatch.setenv("BILLING_PRICEBOOK", "/etc/prices.toml")
+        with pytest.raises(ConfigError, match="BILLING_PRICEBOOK"):
+            load_settings()
+
+
+def test_cli_exits_2_with_the_variable_on_bad_config(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`billing-worker run` with a bad variable exits 2 and names it on stderr."""
+    monkeypatch.setenv("BILLING_HTTP_PORT", "not-a-port")
+    assert main(["run"]) == 2
+    assert "BILLING_HTTP_PORT" in capsys.readouterr().err
