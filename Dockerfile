@@ -11,7 +11,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=build /dist/*.whl /tmp/
-RUN pip install --no-cache-dir /tmp/*.whl uvloop && rm /tmp/*.whl \
+RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl \
     && useradd --system --uid 10001 --no-create-home billing
 USER billing
 EXPOSE 9464
