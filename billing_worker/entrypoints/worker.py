@@ -11,6 +11,7 @@ from collections.abc import Callable
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
+from aiormq.exceptions import ChannelPreconditionFailed
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -71,7 +72,14 @@ class Worker:
         publish_channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
-        usage_queue = await declare_usage_topology(consume_channel, topology_for(s))
+        try:
+            usage_queue = await declare_usage_topology(consume_channel, topology_for(s))
+        except ChannelPreconditionFailed as exc:
+            raise StartupError(
+                f"broker topology mismatch: {exc}. A queue or exchange of that name exists "
+                "with other arguments (a classic queue, say); delete it or set another "
+                "BILLING_NAMESPACE"
+            ) from exc
         self._components = build_components(
             s,
             engine=self._engine,

@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 
 import psycopg
+import pytest
 
 from tests.e2e.conftest import (
     Bus,
@@ -163,3 +164,16 @@ async def test_topology_is_namespaced_quorum_with_dlq(start_worker: StartWorker,
     await channel.declare_queue(bus.name("billing-worker.usage.dlq"), passive=True)
     await channel.declare_exchange(bus.name("billing.events"), passive=True)
     await channel.close()
+
+
+async def test_mismatched_existing_queue_fails_start_clearly(
+    start_worker: StartWorker, bus: Bus
+) -> None:
+    """A classic queue squatting on the usage queue's name stops start-up with a clear reason."""
+    from billing_worker.entrypoints.worker import StartupError  # noqa: PLC0415
+
+    channel = await bus.connection.channel()
+    await channel.declare_queue(bus.name("billing-worker.usage"), durable=True)
+    await channel.close()
+    with pytest.raises(StartupError, match="topology mismatch"):
+        await start_worker()
