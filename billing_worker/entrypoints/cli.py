@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import structlog
 
@@ -28,17 +29,36 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="create and migrate the database, then consume until SIGTERM/SIGINT"
     )
     commands.add_parser("migrate", help="create the database if missing and apply migrations")
+    from billing_worker.bench.command import add_arguments  # noqa: PLC0415
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput against the raw broker ceiling, or latency, on scratch "
+        "namespaces and databases of the configured servers",
+    )
+    add_arguments(bench)
     return parser
 
 
 def _run(settings: Settings) -> int:
     from billing_worker.entrypoints.worker import serve  # noqa: PLC0415 - keep --help fast
 
+    return _event_loop_run(serve(settings))
+
+
+def _event_loop_run(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop where it is installed, plain asyncio elsewhere."""
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up, plain asyncio without it
+        import uvloop  # noqa: PLC0415 - optional speed-up
     except ImportError:
-        return asyncio.run(serve(settings))
-    return uvloop.run(serve(settings))
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from billing_worker.bench.command import run  # noqa: PLC0415 - keep --help fast
+
+    return _event_loop_run(run(args, settings))
 
 
 def _migrate(settings: Settings) -> int:
@@ -64,4 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command == "run":
         return _run(settings)
+    if args.command == "bench":
+        return _bench(args, settings)
     return _migrate(settings)

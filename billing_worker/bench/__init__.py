@@ -1,0 +1,1 @@
+"""``billing-worker bench``: throughput against the raw broker ceiling, latency, ledger growth."""

@@ -1,0 +1,209 @@
+"""The ``bench`` sub-command: options, the three modes, and the report (text or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from billing_worker.bench.ceiling import measure_ceiling
+from billing_worker.bench.latency import measure_latency
+from billing_worker.bench.ledger_growth import preload_ledger
+from billing_worker.bench.scratch import scratch
+from billing_worker.bench.throughput import WorkerRun, measure_worker
+from billing_worker.bench.workload import build_workload
+from billing_worker.config import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench options."""
+    parser.add_argument(
+        "--mode",
+        choices=["throughput", "latency", "ledger-growth"],
+        default="throughput",
+        help="throughput vs the raw ceiling (default); steady-rate latency; or throughput "
+        "before and after preloading a large ledger (takes minutes)",
+    )
+    parser.add_argument("--events", type=int, default=50_000, help="deliveries per run")
+    parser.add_argument("--accounts", type=int, default=1_000, help="distinct accounts")
+    parser.add_argument(
+        "--duplicates", type=float, default=0.05, help="share of deliveries that are resends"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
+    parser.add_argument("--batch-size", type=int, help="worker BILLING_BATCH_SIZE")
+    parser.add_argument("--batch-max-wait-ms", type=int, help="worker BILLING_BATCH_MAX_WAIT_MS")
+    parser.add_argument("--prefetch", type=int, help="worker BILLING_PREFETCH")
+    parser.add_argument("--rate", type=float, default=1_000, help="latency mode: events/s")
+    parser.add_argument("--duration", type=float, default=30, help="latency mode: seconds")
+    parser.add_argument(
+        "--preload-rows", type=int, default=10_000_000, help="ledger-growth mode: rows"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def worker_settings(args: argparse.Namespace, defaults: Settings) -> dict[str, str]:
+    """BILLING_* overrides for the worker process."""
+    batch = args.batch_size or defaults.batch_size
+    overrides = {"BILLING_BATCH_SIZE": str(batch)}
+    if args.batch_max_wait_ms is not None:
+        overrides["BILLING_BATCH_MAX_WAIT_MS"] = str(args.batch_max_wait_ms)
+    if args.prefetch is not None:
+        overrides["BILLING_PREFETCH"] = str(args.prefetch)
+    return overrides
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the chosen mode and print its report."""
+    amqp = settings.amqp_url.get_secret_value()
+    database = settings.database_url.get_secret_value()
+    logs = Path(tempfile.mkdtemp(prefix="billing-bench-"))
+    overrides = worker_settings(args, settings)
+    batch = int(overrides["BILLING_BATCH_SIZE"])
+    prefetch = args.prefetch or settings.prefetch or 2 * batch
+    header: dict[str, Any] = {
+        "mode": args.mode,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "worker_settings": overrides,
+        "prefetch": prefetch,
+        "worker_logs": str(logs),
+    }
+    if args.mode == "latency":
+        runs = []
+        for i in range(args.runs):
+            async with scratch(amqp, database, "lat") as place:
+                result = await measure_latency(
+                    place,
+                    rate=args.rate,
+                    duration=args.duration,
+                    settings=overrides,
+                    log_path=logs / f"latency-{i}.log",
+                )
+            runs.append(asdict(result))
+        report = {**header, "runs": runs, "median": _medians(runs)}
+        _print(report, args.json, _latency_text)
+        return 0
+
+    workload = build_workload(args.events, args.accounts, args.duplicates)
+    header.update(
+        {"events": workload.total, "distinct": workload.unique, "accounts": args.accounts}
+    )
+    if args.mode == "ledger-growth":
+        report = {**header, **await _ledger_growth(args, amqp, database, overrides, logs)}
+        _print(report, args.json, _growth_text)
+        return 0
+
+    runs = []
+    for i in range(args.runs):
+        async with scratch(amqp, database, "ceil") as place:
+            ceiling = await measure_ceiling(
+                place,
+                workload.bodies,
+                prefetch=prefetch,
+                ack_every=max(1, min(batch, prefetch // 2)),
+            )
+        async with scratch(amqp, database, "work") as place:
+            worker = await measure_worker(place, workload, overrides, logs / f"worker-{i}.log")
+        runs.append(_throughput_row(ceiling, worker))
+    report = {**header, "runs": runs, "median": _medians(runs)}
+    _print(report, args.json, _throughput_text)
+    return 0
+
+
+async def _ledger_growth(
+    args: argparse.Namespace, amqp: str, database: str, overrides: dict[str, str], logs: Path
+) -> dict[str, Any]:
+    async with scratch(amqp, database, "grow") as place:
+        empty = []
+        for i in range(args.runs):
+            workload = build_workload(args.events, args.accounts, args.duplicates, seed=100 + i)
+            run = await measure_worker(place, workload, overrides, logs / f"empty-{i}.log")
+            empty.append(run.events_per_second)
+        preload_ledger(place, args.preload_rows)
+        full = []
+        for i in range(args.runs):
+            workload = build_workload(args.events, args.accounts, args.duplicates, seed=200 + i)
+            run = await measure_worker(place, workload, overrides, logs / f"full-{i}.log")
+            full.append(run.events_per_second)
+    before, after = statistics.median(empty), statistics.median(full)
+    return {
+        "preload_rows": args.preload_rows,
+        "empty_events_per_second": empty,
+        "preloaded_events_per_second": full,
+        "median": {"empty": before, "preloaded": after, "change": after / before - 1},
+    }
+
+
+def _throughput_row(ceiling: float, worker: WorkerRun) -> dict[str, Any]:
+    return {
+        "ceiling_events_per_second": ceiling,
+        "worker_events_per_second": worker.events_per_second,
+        "ratio": worker.events_per_second / ceiling,
+        "worker_seconds": worker.seconds,
+        "worker_peak_rss_mb": worker.peak_rss_mb,
+        "batches": worker.batches.batches,
+        "batch_size_mean": worker.batches.mean,
+        "batch_size_median_bucket": worker.batches.median_bound,
+        "batch_size_p95_bucket": worker.batches.p95_bound,
+        "ledger_rows": worker.ledger_rows,
+    }
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        key: statistics.median(float(r[key]) for r in runs)
+        for key, value in runs[0].items()
+        if isinstance(value, int | float)
+    }
+
+
+def _print(report: dict[str, Any], as_json: bool, text: Any) -> None:
+    sys.stdout.write(json.dumps(report, indent=2) + "\n" if as_json else text(report))
+
+
+def _throughput_text(r: dict[str, Any]) -> str:
+    lines = [
+        f"throughput: {r['events']} deliveries ({r['distinct']} distinct) over "
+        f"{r['accounts']} accounts; worker {r['worker_settings']}, prefetch {r['prefetch']}",
+        f"{'run':>4} {'ceiling/s':>10} {'worker/s':>10} {'ratio':>6} {'RSS MB':>7} "
+        f"{'batches':>8} {'mean batch':>10}",
+    ]
+    for i, row in enumerate([*r["runs"], r["median"]], start=1):
+        label = str(i) if i <= len(r["runs"]) else "med"
+        lines.append(
+            f"{label:>4} {row['ceiling_events_per_second']:>10.0f} "
+            f"{row['worker_events_per_second']:>10.0f} {row['ratio']:>6.2f} "
+            f"{row['worker_peak_rss_mb']:>7.0f} {row['batches']:>8.0f} "
+            f"{row['batch_size_mean']:>10.1f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _latency_text(r: dict[str, Any]) -> str:
+    lines = [f"latency (publish to commit), worker {r['worker_settings']}"]
+    for i, row in enumerate([*r["runs"], r["median"]], start=1):
+        label = str(i) if i <= len(r["runs"]) else "med"
+        lines.append(
+            f"{label:>4} rate {row['rate']:.0f}/s  n={row['events']:.0f}  "
+            f"p50 {row['p50_ms']:.1f} ms  p95 {row['p95_ms']:.1f} ms  "
+            f"p99 {row['p99_ms']:.1f} ms  max {row['max_ms']:.1f} ms  "
+            f"RSS {row['peak_rss_mb']:.0f} MB"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _growth_text(r: dict[str, Any]) -> str:
+    m = r["median"]
+    return (
+        f"ledger growth: {r['events']} deliveries per run, {r['preload_rows']} rows preloaded\n"
+        f"  empty ledger:     {m['empty']:.0f} events/s  (runs: "
+        f"{', '.join(f'{x:.0f}' for x in r['empty_events_per_second'])})\n"
+        f"  preloaded ledger: {m['preloaded']:.0f} events/s  (runs: "
+        f"{', '.join(f'{x:.0f}' for x in r['preloaded_events_per_second'])})\n"
+        f"  change: {m['change'] * 100:+.1f}%\n"
+    )

@@ -1,0 +1,89 @@
+"""Worker throughput: preload the queue, start the worker, time first delivery to last commit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import psycopg
+
+from billing_worker.bench.scratch import Scratch, publish, queue_depth
+from billing_worker.bench.worker_process import BatchStats, WorkerProcess
+from billing_worker.bench.workload import Workload
+
+POLL_SECONDS = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRun:
+    """One measured run of the real worker."""
+
+    events_per_second: float
+    seconds: float
+    peak_rss_mb: float
+    batches: BatchStats
+    ledger_rows: int
+
+
+async def measure_worker(
+    place: Scratch, workload: Workload, settings: dict[str, str], log_path: Path
+) -> WorkerRun:
+    """Throughput of the worker process over ``workload``, checked through the database.
+
+    The clock starts when the broker's ready count first drops (the first delivery,
+    seen from outside within a few ms) and stops when the ledger holds every distinct
+    event; the workload ends with a new event, so every delivery has been settled then.
+    """
+    await publish(place.amqp_url, place.topology.usage_exchange, workload.bodies)
+    connection = await aio_pika.connect(place.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        worker = WorkerProcess(place, settings, log_path)
+        try:
+            started = await _first_delivery(channel, place.topology.usage_queue, workload.total)
+            finished = await asyncio.to_thread(_wait_for_event, place, workload.last_event_id)
+            rss = worker.peak_rss_mb()
+            batches = await asyncio.to_thread(worker.batch_stats)
+        finally:
+            worker.stop()
+    rows = await asyncio.to_thread(_ledger_rows, place)
+    if rows != workload.unique:
+        raise AssertionError(f"ledger has {rows} rows for {workload.unique} distinct events")
+    seconds = finished - started
+    return WorkerRun(workload.total / seconds, seconds, rss, batches, rows)
+
+
+async def _first_delivery(channel: aio_pika.abc.AbstractChannel, queue: str, total: int) -> float:
+    deadline = time.monotonic() + 120
+    while await queue_depth(channel, queue) >= total:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker never took a delivery")
+        await asyncio.sleep(POLL_SECONDS)
+    return time.monotonic()
+
+
+def _wait_for_event(place: Scratch, event_id: str, timeout: float = 600) -> float:
+    """Poll (by index, cheap whatever the ledger size) until ``event_id`` is committed."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(place.libpq_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT 1 FROM usage_ledger WHERE event_source = 'bench' AND event_id = %s",
+                (event_id,),
+            ).fetchone()
+            if row is not None:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not record every event")
+            time.sleep(POLL_SECONDS)
+
+
+def _ledger_rows(place: Scratch) -> int:
+    with psycopg.connect(place.libpq_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM usage_ledger WHERE event_source = 'bench'"
+        ).fetchone()
+    return int(row[0]) if row else 0
