@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing_worker.adapters.amqp.dead_letters import DeadLetterPublisher
 from billing_worker.adapters.amqp.topology import Topology
 from billing_worker.adapters.observability.metrics import Metrics
-from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.adapters.postgres.usage_store import KnownAccounts, PostgresUnitOfWork
 from billing_worker.config import Settings
 from billing_worker.consumers.batching import BatchingConsumer, BatchPolicy
 from billing_worker.consumers.usage import UsageConsumer
@@ -53,8 +53,9 @@ def build_components(
 ) -> Components:
     """Wire the consumers to the database and the broker."""
     dead_letters = DeadLetterPublisher(publish_channel)
+    known_accounts = KnownAccounts()
     usage = UsageConsumer(
-        lambda: PostgresUnitOfWork(engine),
+        lambda: PostgresUnitOfWork(engine, known_accounts),
         catalog,
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
     )

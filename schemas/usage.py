@@ -25,8 +25,15 @@ EventType = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ]
 DimensionKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-DimensionValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool | None
-"""A dimension is a flat scalar a price may depend on (``model = "gpt-4"``); nesting is refused."""
+DimensionValue = (
+    Annotated[str, StringConstraints(max_length=256)]
+    | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | bool
+    | None
+)
+"""A flat scalar a price may depend on (``model = "gpt-4"``): a string, a 64-bit integer,
+a finite number, a boolean or null. Nested objects and arrays are refused."""
 
 Quantity = Annotated[
     Decimal,
