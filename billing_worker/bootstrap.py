@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.adapters.amqp.dead_letters import DeadLetterPublisher
+from billing_worker.adapters.amqp.delivery import DeliverySource
 from billing_worker.adapters.amqp.topology import Topology
 from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.adapters.postgres.usage_store import KnownAccounts, PostgresUnitOfWork
@@ -46,7 +47,7 @@ def build_components(
     settings: Settings,
     *,
     engine: AsyncEngine,
-    usage_queue: AbstractQueue,
+    usage_queue: DeliverySource,
     publish_channel: AbstractChannel,
     metrics: Metrics,
     catalog: MeterCatalog = LAUNCH_CATALOG,

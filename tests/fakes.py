@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,10 +62,10 @@ class FakeQueue:
     """A queue whose deliveries the test pushes by hand."""
 
     name: str = "test.billing-worker.usage"
-    callback: Callable[[Any], Awaitable[None]] | None = None
+    callback: Callable[[Any], None] | None = None
     cancelled: bool = False
 
-    async def consume(self, callback: Callable[[Any], Awaitable[None]]) -> str:
+    async def consume(self, callback: Callable[[Any], None]) -> str:
         """Remember the consumer callback."""
         self.callback = callback
         return "ctag-1"
@@ -78,7 +78,7 @@ class FakeQueue:
         """Hand deliveries to the consumer as the broker would."""
         assert self.callback is not None, "consume() was not called"
         for message in messages:
-            await self.callback(message)
+            self.callback(message)
 
 
 @dataclass

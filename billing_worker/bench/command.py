@@ -99,17 +99,19 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     runs = []
+    ack_every = max(1, min(batch, prefetch // 2))
     for i in range(args.runs):
-        async with scratch(amqp, database, "ceil") as place:
-            ceiling = await measure_ceiling(
-                place,
-                workload.bodies,
-                prefetch=prefetch,
-                ack_every=max(1, min(batch, prefetch // 2)),
-            )
+        ceilings = []
+        for raw in (False, True):
+            async with scratch(amqp, database, "ceil") as place:
+                ceilings.append(
+                    await measure_ceiling(
+                        place, workload.bodies, prefetch=prefetch, ack_every=ack_every, raw=raw
+                    )
+                )
         async with scratch(amqp, database, "work") as place:
             worker = await measure_worker(place, workload, overrides, logs / f"worker-{i}.log")
-        runs.append(_throughput_row(ceiling, worker))
+        runs.append(_throughput_row(ceilings[0], ceilings[1], worker))
     report = {**header, "runs": runs, "median": _medians(runs)}
     _print(report, args.json, _throughput_text)
     return 0
@@ -139,11 +141,13 @@ async def _ledger_growth(
     }
 
 
-def _throughput_row(ceiling: float, worker: WorkerRun) -> dict[str, Any]:
+def _throughput_row(ceiling: float, raw_ceiling: float, worker: WorkerRun) -> dict[str, Any]:
     return {
         "ceiling_events_per_second": ceiling,
+        "raw_ceiling_events_per_second": raw_ceiling,
         "worker_events_per_second": worker.events_per_second,
         "ratio": worker.events_per_second / ceiling,
+        "ratio_to_raw": worker.events_per_second / raw_ceiling,
         "worker_seconds": worker.seconds,
         "worker_peak_rss_mb": worker.peak_rss_mb,
         "batches": worker.batches.batches,
@@ -170,14 +174,17 @@ def _throughput_text(r: dict[str, Any]) -> str:
     lines = [
         f"throughput: {r['events']} deliveries ({r['distinct']} distinct) over "
         f"{r['accounts']} accounts; worker {r['worker_settings']}, prefetch {r['prefetch']}",
-        f"{'run':>4} {'ceiling/s':>10} {'worker/s':>10} {'ratio':>6} {'RSS MB':>7} "
-        f"{'batches':>8} {'mean batch':>10}",
+        "ceiling: no-op aio-pika consumer; raw: no-op consumer on aiormq (the worker's path)",
+        f"{'run':>4} {'ceiling/s':>10} {'raw/s':>8} {'worker/s':>9} {'ratio':>6} "
+        f"{'vs raw':>7} {'RSS MB':>7} {'batches':>8} {'mean batch':>10}",
     ]
     for i, row in enumerate([*r["runs"], r["median"]], start=1):
         label = str(i) if i <= len(r["runs"]) else "med"
         lines.append(
             f"{label:>4} {row['ceiling_events_per_second']:>10.0f} "
-            f"{row['worker_events_per_second']:>10.0f} {row['ratio']:>6.2f} "
+            f"{row['raw_ceiling_events_per_second']:>8.0f} "
+            f"{row['worker_events_per_second']:>9.0f} {row['ratio']:>6.2f} "
+            f"{row['ratio_to_raw']:>7.2f} "
             f"{row['worker_peak_rss_mb']:>7.0f} {row['batches']:>8.0f} "
             f"{row['batch_size_mean']:>10.1f}"
         )

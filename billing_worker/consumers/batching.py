@@ -6,22 +6,23 @@ Policy, for every consumed queue:
   with backoff, and when retries run out the deliveries go back to the queue, unacked;
 - a ``PermanentError`` raised for the whole batch is isolated by bisection, so one event the
   store refuses is dead-lettered and the rest are recorded;
-- dead letters are confirmed by the broker before the originals are acked; the batch is
-  then acked with one ``multiple`` ack per channel.
+- dead letters are confirmed by the broker before the originals are acked.
+
+Batches are pipelined: while one batch's transaction runs, the next is decoded and its
+transaction started (up to ``max_in_flight``). Each batch still dead-letters and acks only
+after the batch before it has, so a multiple-ack never covers an unsettled delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.exceptions import AMQPError
 from tenacity import (
@@ -34,28 +35,29 @@ from tenacity import (
 )
 
 from billing_worker.adapters.amqp.dead_letters import DeadLetter, DeadLetterPublisher
+from billing_worker.adapters.amqp.delivery import Delivery, DeliverySource
 from billing_worker.adapters.observability.metrics import QueueMetrics
+from billing_worker.consumers.settlement import (
+    Outcome,
+    Settled,
+    acknowledge,
+    channel_open,
+    count_outcomes,
+    settle_safely,
+)
 from billing_worker.domain.errors import PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
 CommandT = TypeVar("CommandT")
 
-
-class Settled(enum.Enum):
-    """A handled command that needs no dead letter."""
-
-    RECORDED = "recorded"
-    DUPLICATE = "duplicate"
-
-
-Outcome = Settled | PermanentError
+__all__ = ["BatchHandler", "BatchPolicy", "BatchingConsumer", "Outcome", "Settled"]
 
 
 class BatchHandler(Protocol[CommandT]):
     """What a queue's consumer module provides to the machinery."""
 
-    def decode(self, message: AbstractIncomingMessage) -> CommandT:
+    def decode(self, message: Delivery) -> CommandT:
         """Turn one delivery into a command, or raise ``PermanentError``."""
         ...
 
@@ -66,13 +68,25 @@ class BatchHandler(Protocol[CommandT]):
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
-    """Batch bounds and the retry policy for transient failures."""
+    """Batch bounds, pipelining, and the retry policy for transient failures."""
 
     max_size: int = 500
     max_wait: float = 0.02
+    max_in_flight: int = 2
     retry_attempts: int = 6
     retry_max_wait: float = 5.0
     requeue_pause: float = 5.0
+
+
+@dataclass(slots=True)
+class _Batch(Generic[CommandT]):
+    """One batch between decoding and settlement."""
+
+    deliveries: list[Delivery]
+    decoded: list[Delivery] = field(default_factory=list)
+    commands: list[CommandT] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
 
 
 class _StorageUnavailable(Exception):
@@ -84,7 +98,7 @@ class BatchingConsumer(Generic[CommandT]):
 
     def __init__(
         self,
-        queue: AbstractQueue,
+        queue: DeliverySource,
         handler: BatchHandler[CommandT],
         dead_letters: DeadLetterPublisher,
         metrics: QueueMetrics,
@@ -99,9 +113,12 @@ class BatchingConsumer(Generic[CommandT]):
         self._metrics = metrics
         self._policy = policy
         self._sleep = sleep
-        self._buffer: list[tuple[AbstractIncomingMessage, float]] = []
+        self._buffer: list[tuple[Delivery, float]] = []
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
+        self._slots = asyncio.Semaphore(policy.max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._resume_at = 0.0
         self._stopping = False
         self._consumer_tag: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -131,7 +148,8 @@ class BatchingConsumer(Generic[CommandT]):
         try:
             await asyncio.wait_for(asyncio.shield(self._task), grace)
         except TimeoutError:
-            self._task.cancel()
+            for task in (self._task, *self._in_flight):
+                task.cancel()
             log.warning("drain_timed_out", queue=self._name, unsettled=len(self._buffer))
             return False
         return True
@@ -141,8 +159,8 @@ class BatchingConsumer(Generic[CommandT]):
         """Whether the settling loop is alive."""
         return self._task is not None and not self._task.done()
 
-    async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
-        # No await here: deliveries must enter the buffer in delivery-tag order.
+    def _on_delivery(self, message: Delivery) -> None:
+        # Synchronous: deliveries must enter the buffer in delivery-tag order.
         self._buffer.append((message, time.monotonic()))
         if len(self._buffer) == 1:
             self._arrived.set()
@@ -150,19 +168,35 @@ class BatchingConsumer(Generic[CommandT]):
             self._full.set()
 
     async def _run(self) -> None:
-        while True:
-            if not self._buffer:
-                if self._stopping:
-                    return
-                self._arrived.clear()
-                await self._arrived.wait()
-                continue
-            await self._wait_for_batch()
-            batch = [m for m, _ in self._buffer[: self._policy.max_size]]
-            del self._buffer[: self._policy.max_size]
-            live = [m for m in batch if _channel_open(m)]
-            if live:
-                await self._settle(live)
+        previous: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if not self._buffer:
+                    if self._stopping:
+                        return
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                    continue
+                await self._pause_if_asked()
+                await self._wait_for_batch()
+                taken = [m for m, _ in self._buffer[: self._policy.max_size]]
+                del self._buffer[: self._policy.max_size]
+                live = [m for m in taken if channel_open(m)]
+                if not live:
+                    continue
+                batch = self._decode(live)
+                await self._slots.acquire()
+                previous = asyncio.create_task(self._settle(batch, previous))
+                self._in_flight.add(previous)
+                previous.add_done_callback(self._in_flight.discard)
+        finally:
+            if previous is not None and not previous.done():
+                await asyncio.shield(previous)
+
+    async def _pause_if_asked(self) -> None:
+        delay = self._resume_at - time.monotonic()
+        if delay > 0 and not self._stopping:
+            await self._sleep(delay)
 
     async def _wait_for_batch(self) -> None:
         """Until the batch is full, the oldest delivery has waited ``max_wait``, or stop."""
@@ -175,43 +209,51 @@ class BatchingConsumer(Generic[CommandT]):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._full.wait(), remaining)
 
-    async def _settle(self, batch: list[AbstractIncomingMessage]) -> None:
-        started = time.perf_counter()
-        decoded: list[AbstractIncomingMessage] = []
-        commands: list[CommandT] = []
-        letters: list[DeadLetter] = []
-        for message in batch:
+    def _decode(self, deliveries: list[Delivery]) -> _Batch[CommandT]:
+        batch: _Batch[CommandT] = _Batch(deliveries)
+        for message in deliveries:
             try:
-                commands.append(self._handler.decode(message))
-                decoded.append(message)
+                batch.commands.append(self._handler.decode(message))
+                batch.decoded.append(message)
             except PermanentError as exc:
-                letters.append(DeadLetter(message, exc.reason, exc.detail))
-        outcomes: Sequence[Outcome] = []
+                batch.letters.append(DeadLetter(message, exc.reason, exc.detail))
+        return batch
+
+    async def _settle(self, batch: _Batch[CommandT], previous: asyncio.Task[None] | None) -> None:
+        """Handle the batch now; dead-letter and ack it once ``previous`` has settled."""
         try:
-            if commands:
-                outcomes = await self._handle_isolating(commands)
-        except _StorageUnavailable:
-            await self._give_back(decoded, letters)
-            return
+            try:
+                outcomes = await self._handle_isolating(batch.commands) if batch.commands else []
+            except _StorageUnavailable:
+                await _after(previous)
+                await self._give_back(batch)
+                return
+            await _after(previous)
+            await self._conclude(batch, outcomes)
+        finally:
+            self._slots.release()
+
+    async def _conclude(self, batch: _Batch[CommandT], outcomes: Sequence[Outcome]) -> None:
         settled = {Settled.RECORDED: 0, Settled.DUPLICATE: 0}
-        for message, outcome in zip(decoded, outcomes, strict=True):
+        letters = list(batch.letters)
+        for message, outcome in zip(batch.decoded, outcomes, strict=True):
             if isinstance(outcome, PermanentError):
                 letters.append(DeadLetter(message, outcome.reason, outcome.detail))
             else:
                 settled[outcome] += 1
         unconfirmed = await self._dead_letter(letters)
-        await self._acknowledge(batch, unconfirmed)
-        self._count(settled, letters, unconfirmed)
-        self._metrics.batch_size.observe(len(batch))
-        seconds = time.perf_counter() - started
+        await acknowledge(self._name, batch.deliveries, unconfirmed)
+        rejected = count_outcomes(self._metrics, settled, letters, unconfirmed)
+        self._metrics.batch_size.observe(len(batch.deliveries))
+        seconds = time.perf_counter() - batch.started
         self._metrics.batch_duration.observe(seconds)
         log.info(
             "batch_settled",
             queue=self._name,
-            size=len(batch),
+            size=len(batch.deliveries),
             recorded=settled[Settled.RECORDED],
             duplicate=settled[Settled.DUPLICATE],
-            rejected=len(letters) - len(unconfirmed),
+            rejected=rejected,
             requeued=len(unconfirmed),
             seconds=round(seconds, 4),
         )
@@ -259,98 +301,38 @@ class BatchingConsumer(Generic[CommandT]):
     def _on_retry(self, state: RetryCallState) -> None:
         self._metrics.retries.inc()
         error = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "batch_retry",
-            queue=self._name,
-            attempt=state.attempt_number,
-            error=str(error),
-        )
+        log.warning("batch_retry", queue=self._name, attempt=state.attempt_number, error=str(error))
 
-    async def _dead_letter(self, letters: list[DeadLetter]) -> set[AbstractIncomingMessage]:
+    async def _dead_letter(self, letters: list[DeadLetter]) -> set[Delivery]:
         """Publish dead letters; return the originals the broker did not confirm."""
         if not letters:
             return set()
         confirmed = await self._dead_letters.publish(self._name, letters)
         return {letter.message for letter, ok in zip(letters, confirmed, strict=True) if not ok}
 
-    async def _acknowledge(
-        self, batch: list[AbstractIncomingMessage], unconfirmed: set[AbstractIncomingMessage]
-    ) -> None:
-        """Ack the batch (one multiple-ack per channel), or one by one if some must go back."""
-        if not unconfirmed:
-            by_channel: dict[int, AbstractIncomingMessage] = {}
-            for message in batch:  # delivery order: the last one per channel has the top tag
-                by_channel[_channel_key(message)] = message
-            for last in by_channel.values():
-                await _settle_safely(last.ack(multiple=True), self._name)
-            return
-        for message in batch:
-            if message in unconfirmed:
-                await _settle_safely(message.nack(requeue=True), self._name)
-            else:
-                await _settle_safely(message.ack(), self._name)
-
-    async def _give_back(
-        self, decoded: list[AbstractIncomingMessage], letters: list[DeadLetter]
-    ) -> None:
+    async def _give_back(self, batch: _Batch[CommandT]) -> None:
         """Storage is unavailable: requeue the valid deliveries, still dead-letter the bad."""
-        unconfirmed = await self._dead_letter(letters)
-        for letter in letters:
+        unconfirmed = await self._dead_letter(batch.letters)
+        for letter in batch.letters:
             if letter.message in unconfirmed:
-                await _settle_safely(letter.message.nack(requeue=True), self._name)
+                await settle_safely(letter.message.nack(requeue=True), self._name)
             else:
-                await _settle_safely(letter.message.ack(), self._name)
-        for message in decoded:
-            await _settle_safely(message.nack(requeue=True), self._name)
-        self._count({}, letters, unconfirmed)
-        self._metrics.requeued.inc(len(decoded))
+                await settle_safely(letter.message.ack(), self._name)
+        for message in batch.decoded:
+            await settle_safely(message.nack(requeue=True), self._name)
+        count_outcomes(self._metrics, {}, batch.letters, unconfirmed)
+        self._metrics.requeued.inc(len(batch.decoded))
+        self._resume_at = time.monotonic() + self._policy.requeue_pause
         log.warning(
             "batch_requeued",
             queue=self._name,
-            requeued=len(decoded),
+            requeued=len(batch.decoded),
             pause_seconds=self._policy.requeue_pause,
         )
-        if not self._stopping:
-            await self._sleep(self._policy.requeue_pause)
-
-    def _count(
-        self,
-        settled: dict[Settled, int],
-        letters: list[DeadLetter],
-        unconfirmed: set[AbstractIncomingMessage],
-    ) -> None:
-        # received first: a scrape may catch receipts not yet split into outcomes,
-        # never outcomes without their receipts.
-        m = self._metrics
-        recorded = settled.get(Settled.RECORDED, 0)
-        duplicate = settled.get(Settled.DUPLICATE, 0)
-        rejected = [letter for letter in letters if letter.message not in unconfirmed]
-        m.received.inc(recorded + duplicate + len(rejected))
-        for letter in rejected:
-            m.rejected(letter.reason).inc()
-        m.recorded.inc(recorded)
-        m.duplicate.inc(duplicate)
-        m.requeued.inc(len(unconfirmed))
 
 
-def _channel_open(message: AbstractIncomingMessage) -> bool:
-    """False for a delivery whose channel died: its tag is void and it will be redelivered."""
-    try:
-        return not message.channel.is_closed
-    except ChannelInvalidStateError:
-        return False
-
-
-def _channel_key(message: AbstractIncomingMessage) -> int:
-    try:
-        return id(message.channel)
-    except ChannelInvalidStateError:
-        return -1
-
-
-async def _settle_safely(settlement: Awaitable[None], queue: str) -> None:
-    """Ack or nack; if the channel died meanwhile the broker redelivers, and dedupe absorbs it."""
-    try:
-        await settlement
-    except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError) as exc:
-        log.warning("settlement_lost_with_channel", queue=queue, error=repr(exc))
+async def _after(previous: asyncio.Task[None] | None) -> None:
+    """Wait for the previous batch to settle (its failure is its own, already logged)."""
+    if previous is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(previous)

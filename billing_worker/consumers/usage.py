@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from billing_worker.consumers.batching import Outcome, Settled
+from billing_worker.adapters.amqp.delivery import Delivery
+from billing_worker.consumers.settlement import Outcome, Settled
 from billing_worker.domain.errors import (
     IdempotencyConflict,
     InvalidJson,
@@ -72,7 +72,7 @@ class UsageConsumer:
         self._max_clock_skew = max_clock_skew
         self._clock = clock
 
-    def decode(self, message: AbstractIncomingMessage) -> UsageRecord:
+    def decode(self, message: Delivery) -> UsageRecord:
         """A usage record, or a ``PermanentError`` naming what is wrong."""
         event = parse_usage_event(message.body, message.content_type)
         self._catalog.meters_for(event.type)

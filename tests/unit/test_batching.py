@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from billing_worker.adapters.amqp.dead_letters import DeadLetterPublisher
+from billing_worker.adapters.amqp.delivery import Delivery, DeliverySource
 from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.consumers.batching import BatchingConsumer, BatchPolicy, Outcome, Settled
 from billing_worker.domain.errors import (
@@ -33,7 +33,7 @@ class ScriptedHandler:
         self.conflicts: set[bytes] = set()
         self.crash = False
 
-    def decode(self, message: AbstractIncomingMessage) -> bytes:
+    def decode(self, message: Delivery) -> bytes:
         if message.body.startswith(b"bad"):
             raise SchemaViolation(f"cannot read {message.body!r}")
         return message.body
@@ -69,7 +69,7 @@ class Rig:
             self.sleeps.append(seconds)
 
         self.consumer = BatchingConsumer(
-            cast(AbstractQueue, self.queue),
+            cast(DeliverySource, self.queue),
             self.handler,
             cast(DeadLetterPublisher, self.dead_letters),
             self.metrics.for_queue(QUEUE),
@@ -192,7 +192,7 @@ async def test_exhausted_retries_requeue_and_never_ack(rig: Rig) -> None:
 
 
 async def test_pause_after_requeue_while_running() -> None:
-    """After handing a batch back, the consumer pauses before taking more."""
+    """After handing a batch back, the consumer pauses before taking the next one."""
     r = Rig(BatchPolicy(max_size=2, max_wait=0.01, retry_attempts=2, requeue_pause=7))
     r.handler.transient_failures = 99
     await r.consumer.start()
@@ -201,8 +201,40 @@ async def test_pause_after_requeue_while_running() -> None:
         if r.channel.nacks:
             break
         await asyncio.sleep(0.01)
+    await r.deliver(b"c")
+    for _ in range(100):
+        if len(r.channel.nacks) == 3:
+            break
+        await asyncio.sleep(0.01)
     await r.consumer.stop(grace=1)
-    assert 7 in r.sleeps
+    assert any(6 < s <= 7 for s in r.sleeps), r.sleeps
+
+
+async def test_pipelined_batches_settle_in_delivery_order() -> None:
+    """A later batch whose transaction ends first still acks only after the earlier one."""
+    r = Rig(BatchPolicy(max_size=2, max_wait=0.01, max_in_flight=2))
+    release_first = asyncio.Event()
+    handled: list[list[bytes]] = []
+
+    async def slow_first(commands: Sequence[bytes]) -> Sequence[Outcome]:
+        handled.append(list(commands))
+        if commands[0] == b"a":
+            await release_first.wait()
+        return [Settled.RECORDED] * len(commands)
+
+    r.handler.handle = slow_first  # type: ignore[method-assign]
+    await r.consumer.start()
+    await r.deliver(b"a", b"b", b"c", b"d")
+    for _ in range(200):
+        if len(handled) == 2:
+            break
+        await asyncio.sleep(0.005)
+    assert handled == [[b"a", b"b"], [b"c", b"d"]], "the second batch runs while the first waits"
+    assert r.channel.acks == [], "nothing is acked while the first batch is unsettled"
+    release_first.set()
+    await r.settle_all()
+    tags = [m.delivery_tag for m in r.delivered]
+    assert r.channel.acks == [(tags[1], True), (tags[3], True)]
 
 
 async def test_unexpected_handler_error_requeues(rig: Rig) -> None:

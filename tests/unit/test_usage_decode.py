@@ -7,8 +7,8 @@ from decimal import Decimal
 from typing import Any, cast
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
+from billing_worker.adapters.amqp.delivery import Delivery
 from billing_worker.consumers.usage import MAX_BODY_BYTES, UsageConsumer
 from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.meters import LAUNCH_CATALOG
@@ -30,7 +30,7 @@ def consumer() -> UsageConsumer:
 
 def decode(consumer: UsageConsumer, body: bytes, content_type: str | None = "application/json"):  # type: ignore[no-untyped-def]
     message = FakeMessage(body, FakeChannel(), content_type=content_type)
-    return consumer.decode(cast(AbstractIncomingMessage, message))
+    return consumer.decode(cast(Delivery, message))
 
 
 def reason_of(consumer: UsageConsumer, body: bytes, content_type: str | None = None) -> str:

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
+
+from billing_worker.adapters.amqp.delivery import Delivery
 
 log = structlog.get_logger(__name__)
 
@@ -22,7 +24,7 @@ DETAIL_HEADER = "x-billing-detail"
 class DeadLetter:
     """A delivery to dead-letter and why."""
 
-    message: AbstractIncomingMessage
+    message: Delivery
     reason: str
     detail: str
 
