@@ -32,6 +32,7 @@ def batch_policy(settings: Settings) -> BatchPolicy:
     return BatchPolicy(
         max_size=settings.batch_size,
         max_wait=settings.batch_max_wait_ms / 1000,
+        max_in_flight=settings.batches_in_flight,
         retry_attempts=settings.db_retry_attempts,
         retry_max_wait=settings.db_retry_max_wait_seconds,
         requeue_pause=settings.requeue_pause_seconds,

@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
 
     batch_size: int = Field(default=500, ge=1, le=10_000)
-    batch_max_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    batch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
     prefetch: int | None = Field(default=None, ge=1, le=65_535)
+    batches_in_flight: int = Field(default=2, ge=1, le=16)
     db_pool_size: int = Field(default=4, ge=1, le=100)
     db_retry_attempts: int = Field(default=6, ge=1, le=100)
     db_retry_max_wait_seconds: float = Field(default=5.0, gt=0, le=300)
@@ -73,8 +74,11 @@ class Settings(BaseSettings):
 
     @property
     def effective_prefetch(self) -> int:
-        """Unacked deliveries the broker may push: two batches, so one fills while one commits."""
-        return self.prefetch if self.prefetch is not None else 2 * self.batch_size
+        """Unacked deliveries the broker may push: room for every batch in flight plus a full
+        one filling up (deliveries in unsettled batches count against the window)."""
+        if self.prefetch is not None:
+            return self.prefetch
+        return (self.batches_in_flight + 1) * self.batch_size
 
 
 def load_settings() -> Settings:

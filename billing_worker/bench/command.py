@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="worker BILLING_BATCH_SIZE")
     parser.add_argument("--batch-max-wait-ms", type=int, help="worker BILLING_BATCH_MAX_WAIT_MS")
     parser.add_argument("--prefetch", type=int, help="worker BILLING_PREFETCH")
+    parser.add_argument("--batches-in-flight", type=int, help="worker BILLING_BATCHES_IN_FLIGHT")
     parser.add_argument("--rate", type=float, default=1_000, help="latency mode: events/s")
     parser.add_argument("--duration", type=float, default=30, help="latency mode: seconds")
     parser.add_argument(
@@ -55,6 +56,8 @@ def worker_settings(args: argparse.Namespace, defaults: Settings) -> dict[str, s
         overrides["BILLING_BATCH_MAX_WAIT_MS"] = str(args.batch_max_wait_ms)
     if args.prefetch is not None:
         overrides["BILLING_PREFETCH"] = str(args.prefetch)
+    if args.batches_in_flight is not None:
+        overrides["BILLING_BATCHES_IN_FLIGHT"] = str(args.batches_in_flight)
     return overrides
 
 
@@ -65,7 +68,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     logs = Path(tempfile.mkdtemp(prefix="billing-bench-"))
     overrides = worker_settings(args, settings)
     batch = int(overrides["BILLING_BATCH_SIZE"])
-    prefetch = args.prefetch or settings.prefetch or 2 * batch
+    in_flight = args.batches_in_flight or settings.batches_in_flight
+    prefetch = args.prefetch or settings.prefetch or (in_flight + 1) * batch
     header: dict[str, Any] = {
         "mode": args.mode,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

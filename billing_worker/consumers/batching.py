@@ -71,7 +71,7 @@ class BatchPolicy:
     """Batch bounds, pipelining, and the retry policy for transient failures."""
 
     max_size: int = 500
-    max_wait: float = 0.02
+    max_wait: float = 0.005
     max_in_flight: int = 2
     retry_attempts: int = 6
     retry_max_wait: float = 5.0
@@ -178,14 +178,18 @@ class BatchingConsumer(Generic[CommandT]):
                     await self._arrived.wait()
                     continue
                 await self._pause_if_asked()
+                # Reserve the pipeline slot before cutting the batch: while every slot is
+                # busy the buffer keeps growing, so batches are small when idle (latency)
+                # and as large as allowed under load (throughput).
+                await self._slots.acquire()
                 await self._wait_for_batch()
                 taken = [m for m, _ in self._buffer[: self._policy.max_size]]
                 del self._buffer[: self._policy.max_size]
                 live = [m for m in taken if channel_open(m)]
                 if not live:
+                    self._slots.release()
                     continue
                 batch = self._decode(live)
-                await self._slots.acquire()
                 previous = asyncio.create_task(self._settle(batch, previous))
                 self._in_flight.add(previous)
                 previous.add_done_callback(self._in_flight.discard)

@@ -26,12 +26,10 @@ class UsageStore(Protocol):
         """Create the accounts that do not exist yet, on ``plan``."""
         ...
 
-    async def append_ledger(self, entries: Sequence[LedgerEntry]) -> None:
-        """Append ledger rows."""
-        ...
-
-    async def add_to_aggregates(self, deltas: Sequence[AggregateDelta]) -> None:
-        """Add to the per-account, per-meter, per-period totals, in the given order."""
+    async def append_usage(
+        self, entries: Sequence[LedgerEntry], deltas: Sequence[AggregateDelta]
+    ) -> None:
+        """Append ledger rows and add ``deltas`` (sorted by key) to the running totals."""
         ...
 
 

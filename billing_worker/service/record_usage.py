@@ -49,8 +49,7 @@ async def record_usage_batch(
         entries = ledger_entries_for(new, catalog)
         if new:
             await uow.usage.ensure_accounts(sorted({r.account for r in new}), catalog.default_plan)
-            await uow.usage.append_ledger(entries)
-            await uow.usage.add_to_aggregates(aggregate_deltas(entries))
+            await uow.usage.append_usage(entries, aggregate_deltas(entries))
         await uow.commit()
     outcomes = classify(records, claimed=claimed, stored_fingerprints=stored)
     return UsageBatchResult(outcomes=outcomes, ledger_rows=len(entries))

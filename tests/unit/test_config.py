@@ -30,10 +30,12 @@ class TestSettings:
         assert s.http_port == 9464
         assert s.stripe_webhook_secret is None
 
-    def test_prefetch_defaults_to_two_batches(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Prefetch follows the batch size unless set."""
+    def test_prefetch_covers_batches_in_flight(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Prefetch leaves room for every batch in flight plus one filling, unless set."""
         monkeypatch.setenv("BILLING_BATCH_SIZE", "300")
-        assert load_settings().effective_prefetch == 600
+        assert load_settings().effective_prefetch == 900
+        monkeypatch.setenv("BILLING_BATCHES_IN_FLIGHT", "3")
+        assert load_settings().effective_prefetch == 1200
         monkeypatch.setenv("BILLING_PREFETCH", "50")
         assert load_settings().effective_prefetch == 50
 

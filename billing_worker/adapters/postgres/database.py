@@ -113,11 +113,9 @@ def prepare_database(url: str) -> str | None:
 
 
 def create_engine_for(url: str, *, pool_size: int) -> AsyncEngine:
-    """The worker's async engine; connections are checked before use after idling."""
-    return create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-    )
+    """The worker's async engine.
+
+    No pre-ping: it costs a round trip per transaction, and a connection that died while
+    idle already fails as a transient error, whose retry gets a fresh connection.
+    """
+    return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=1800)
