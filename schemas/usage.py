@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -12,10 +13,15 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
 USAGE_EVENT_SCHEMA_ID = "https://billing-worker.dev/schemas/usage-event/v1.json"
+
+MIN_YEAR, MAX_YEAR = 1970, 9998
+"""Usage times outside these years are producer bugs (and year 1 or 9999 with an offset
+cannot even be converted to UTC)."""
 
 MAX_DIMENSIONS = 32
 """More dimensions than this on one event is a producer bug, not a pricing need."""
@@ -97,6 +103,14 @@ class UsageEventV1(BaseModel):
     datacontenttype: Literal["application/json"] | None = None
     dataschema: Annotated[str, StringConstraints(max_length=512)] | None = None
     data: UsageData = Field(default_factory=UsageData)
+
+    @field_validator("time")
+    @classmethod
+    def _plausible_utc_time(cls, value: datetime) -> datetime:
+        """Normalised to UTC; years 1970-9998 only (so every offset converts safely)."""
+        if not MIN_YEAR <= value.year <= MAX_YEAR:
+            raise ValueError(f"time must fall in the years {MIN_YEAR}-{MAX_YEAR}")
+        return value.astimezone(UTC)
 
 
 UsageEvent = UsageEventV1

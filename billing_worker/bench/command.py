@@ -127,13 +127,17 @@ async def _ledger_growth(
     async with scratch(amqp, database, "grow") as place:
         empty = []
         for i in range(args.runs):
-            workload = build_workload(args.events, args.accounts, args.duplicates, seed=100 + i)
+            workload = build_workload(
+                args.events, args.accounts, args.duplicates, seed=100 + i, source=f"empty-{i}"
+            )
             run = await measure_worker(place, workload, overrides, logs / f"empty-{i}.log")
             empty.append(run.events_per_second)
         preload_ledger(place, args.preload_rows)
         full = []
         for i in range(args.runs):
-            workload = build_workload(args.events, args.accounts, args.duplicates, seed=200 + i)
+            workload = build_workload(
+                args.events, args.accounts, args.duplicates, seed=200 + i, source=f"full-{i}"
+            )
             run = await measure_worker(place, workload, overrides, logs / f"full-{i}.log")
             full.append(run.events_per_second)
     before, after = statistics.median(empty), statistics.median(full)

@@ -13,9 +13,9 @@ CHUNK = 1_000_000
 PRELOAD_CHUNK = """
 WITH generated AS (
     SELECT gen_random_uuid()::text AS event_id,
-           'acct_' || (n % 1000) AS account_id,
-           date_trunc('month', now()) - make_interval(days => (n % 360)) AS occurred_at,
-           (n % 2000 + 1)::numeric AS quantity
+           'acct_' || (n %% 1000) AS account_id,
+           date_trunc('month', now()) - make_interval(days => (n %% 360)) AS occurred_at,
+           (n %% 2000 + 1)::numeric AS quantity
     FROM generate_series(1, CAST(%(rows)s AS integer)) AS n
 ),
 claimed AS (

@@ -44,12 +44,14 @@ async def measure_worker(
         worker = WorkerProcess(place, settings, log_path)
         try:
             started = await _first_delivery(channel, place.topology.usage_queue, workload.total)
-            finished = await asyncio.to_thread(_wait_for_event, place, workload.last_event_id)
+            finished = await asyncio.to_thread(
+                _wait_for_event, place, workload.source, workload.last_event_id
+            )
             rss = worker.peak_rss_mb()
             batches = await asyncio.to_thread(worker.batch_stats)
         finally:
             worker.stop()
-    rows = await asyncio.to_thread(_ledger_rows, place)
+    rows = await asyncio.to_thread(_ledger_rows, place, workload.source)
     if rows != workload.unique:
         raise AssertionError(f"ledger has {rows} rows for {workload.unique} distinct events")
     seconds = finished - started
@@ -65,14 +67,14 @@ async def _first_delivery(channel: aio_pika.abc.AbstractChannel, queue: str, tot
     return time.monotonic()
 
 
-def _wait_for_event(place: Scratch, event_id: str, timeout: float = 600) -> float:
+def _wait_for_event(place: Scratch, source: str, event_id: str, timeout: float = 600) -> float:
     """Poll (by index, cheap whatever the ledger size) until ``event_id`` is committed."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(place.libpq_url, autocommit=True) as conn:
         while True:
             row = conn.execute(
-                "SELECT 1 FROM usage_ledger WHERE event_source = 'bench' AND event_id = %s",
-                (event_id,),
+                "SELECT 1 FROM usage_ledger WHERE event_source = %s AND event_id = %s",
+                (source, event_id),
             ).fetchone()
             if row is not None:
                 return time.monotonic()
@@ -81,9 +83,9 @@ def _wait_for_event(place: Scratch, event_id: str, timeout: float = 600) -> floa
             time.sleep(POLL_SECONDS)
 
 
-def _ledger_rows(place: Scratch) -> int:
+def _ledger_rows(place: Scratch, source: str) -> int:
     with psycopg.connect(place.libpq_url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM usage_ledger WHERE event_source = 'bench'"
+            "SELECT count(*) FROM usage_ledger WHERE event_source = %s", (source,)
         ).fetchone()
     return int(row[0]) if row else 0

@@ -16,6 +16,7 @@ class Workload:
     bodies: list[bytes]
     unique: int
     last_event_id: str
+    source: str
 
     @property
     def total(self) -> int:
@@ -23,13 +24,15 @@ class Workload:
         return len(self.bodies)
 
 
-def usage_event(event_id: str, account: str, quantity: int, when: datetime) -> bytes:
+def usage_event(
+    event_id: str, account: str, quantity: int, when: datetime, source: str = "bench"
+) -> bytes:
     """One chat.tokens usage event as producers send it."""
     return json.dumps(
         {
             "specversion": "1.0",
             "id": event_id,
-            "source": "bench",
+            "source": source,
             "type": "chat.tokens",
             "subject": account,
             "time": when.isoformat().replace("+00:00", "Z"),
@@ -39,7 +42,15 @@ def usage_event(event_id: str, account: str, quantity: int, when: datetime) -> b
     ).encode()
 
 
-def build_workload(events: int, accounts: int, duplicate_ratio: float, seed: int = 7) -> Workload:
+def build_workload(
+    events: int,
+    accounts: int,
+    duplicate_ratio: float,
+    *,
+    seed: int = 7,
+    now: datetime | None = None,
+    source: str = "bench",
+) -> Workload:
     """``events`` deliveries, ``duplicate_ratio`` of them resending an earlier event.
 
     Keys are random UUIDv4, the worst case for the idempotency index. The last
@@ -49,7 +60,8 @@ def build_workload(events: int, accounts: int, duplicate_ratio: float, seed: int
     if not 0 <= duplicate_ratio < 1:
         raise ValueError("duplicate ratio must be in [0, 1)")
     rng = random.Random(seed)
-    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    if now is None:
+        now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     unique = max(1, round(events * (1 - duplicate_ratio)))
     originals = [
         usage_event(
@@ -57,6 +69,7 @@ def build_workload(events: int, accounts: int, duplicate_ratio: float, seed: int
             f"acct_{rng.randrange(accounts)}",
             rng.randrange(1, 2000),
             now,
+            source,
         )
         for _ in range(unique)
     ]
@@ -66,4 +79,4 @@ def build_workload(events: int, accounts: int, duplicate_ratio: float, seed: int
         bodies.insert(position, rng.choice(originals[: max(1, position)]))
     bodies.append(originals[-1])
     last_id = str(json.loads(originals[-1])["id"])
-    return Workload(bodies=bodies, unique=unique, last_event_id=last_id)
+    return Workload(bodies=bodies, unique=unique, last_event_id=last_id, source=source)

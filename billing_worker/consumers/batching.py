@@ -41,6 +41,7 @@ from billing_worker.consumers.settlement import (
     Outcome,
     Settled,
     acknowledge,
+    channel_key,
     channel_open,
     count_outcomes,
     settle_safely,
@@ -118,6 +119,7 @@ class BatchingConsumer(Generic[CommandT]):
         self._full = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._dirty_channels: set[int] = set()
         self._resume_at = 0.0
         self._stopping = False
         self._consumer_tag: str | None = None
@@ -135,12 +137,13 @@ class BatchingConsumer(Generic[CommandT]):
         Returns whether everything taken was settled. Whatever was not is left unacked
         and the broker redelivers it when the channel closes.
         """
-        self._stopping = True
         if self._consumer_tag is not None:
             try:
                 await self._queue.cancel(self._consumer_tag)
             except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
                 log.warning("consumer_cancel_failed", queue=self._name, error=repr(exc))
+        # Only now: deliveries sent before the broker confirmed the cancel are in the buffer.
+        self._stopping = True
         self._arrived.set()
         self._full.set()
         if self._task is None:
@@ -148,11 +151,21 @@ class BatchingConsumer(Generic[CommandT]):
         try:
             await asyncio.wait_for(asyncio.shield(self._task), grace)
         except TimeoutError:
-            for task in (self._task, *self._in_flight):
+            tasks = [self._task, *self._in_flight]
+            for task in tasks:
                 task.cancel()
+            await asyncio.wait(tasks, timeout=5)
             log.warning("drain_timed_out", queue=self._name, unsettled=len(self._buffer))
             return False
+        except Exception:
+            log.exception("consumer_loop_failed", queue=self._name)
+            return False
         return True
+
+    @property
+    def finished(self) -> asyncio.Future[None] | None:
+        """The settling loop; done only after ``stop`` or if it died."""
+        return self._task
 
     @property
     def running(self) -> bool:
@@ -177,11 +190,11 @@ class BatchingConsumer(Generic[CommandT]):
                     self._arrived.clear()
                     await self._arrived.wait()
                     continue
-                await self._pause_if_asked()
                 # Reserve the pipeline slot before cutting the batch: while every slot is
                 # busy the buffer keeps growing, so batches are small when idle (latency)
                 # and as large as allowed under load (throughput).
                 await self._slots.acquire()
+                await self._pause_if_asked()
                 await self._wait_for_batch()
                 taken = [m for m, _ in self._buffer[: self._policy.max_size]]
                 del self._buffer[: self._policy.max_size]
@@ -221,10 +234,20 @@ class BatchingConsumer(Generic[CommandT]):
                 batch.decoded.append(message)
             except PermanentError as exc:
                 batch.letters.append(DeadLetter(message, exc.reason, exc.detail))
+            except Exception as exc:
+                # Decoding is pure and per message: an unforeseen error is this message's,
+                # and redelivering it would fail the same way forever.
+                log.exception("decode_failed", queue=self._name)
+                detail = f"decoding raised {type(exc).__name__}: {exc}"
+                batch.letters.append(DeadLetter(message, "undecodable", detail))
         return batch
 
     async def _settle(self, batch: _Batch[CommandT], previous: asyncio.Task[None] | None) -> None:
-        """Handle the batch now; dead-letter and ack it once ``previous`` has settled."""
+        """Handle the batch now; dead-letter and ack it once ``previous`` has settled.
+
+        Never fails silently: if settling breaks off, the batch's channels are marked
+        dirty (no later multiple-ack may cover them) and its deliveries are nacked.
+        """
         try:
             try:
                 outcomes = await self._handle_isolating(batch.commands) if batch.commands else []
@@ -234,6 +257,13 @@ class BatchingConsumer(Generic[CommandT]):
                 return
             await _after(previous)
             await self._conclude(batch, outcomes)
+        except BaseException as exc:
+            self._dirty_channels.update(channel_key(m) for m in batch.deliveries)
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("batch_settlement_failed", queue=self._name)
+            for message in batch.deliveries:
+                await settle_safely(message.nack(requeue=True), self._name)
         finally:
             self._slots.release()
 
@@ -246,7 +276,7 @@ class BatchingConsumer(Generic[CommandT]):
             else:
                 settled[outcome] += 1
         unconfirmed = await self._dead_letter(letters)
-        await acknowledge(self._name, batch.deliveries, unconfirmed)
+        await acknowledge(self._name, batch.deliveries, unconfirmed, self._dirty_channels)
         rejected = count_outcomes(self._metrics, settled, letters, unconfirmed)
         self._metrics.batch_size.observe(len(batch.deliveries))
         seconds = time.perf_counter() - batch.started
@@ -308,11 +338,18 @@ class BatchingConsumer(Generic[CommandT]):
         log.warning("batch_retry", queue=self._name, attempt=state.attempt_number, error=str(error))
 
     async def _dead_letter(self, letters: list[DeadLetter]) -> set[Delivery]:
-        """Publish dead letters; return the originals the broker did not confirm."""
+        """Publish dead letters; return the originals that were not (they go back).
+
+        A delivery whose channel died is not dead-lettered: it cannot be acked, so the
+        broker will deliver it again and it would land in the DLQ twice.
+        """
         if not letters:
             return set()
-        confirmed = await self._dead_letters.publish(self._name, letters)
-        return {letter.message for letter, ok in zip(letters, confirmed, strict=True) if not ok}
+        live = [letter for letter in letters if channel_open(letter.message)]
+        not_sent = {letter.message for letter in letters if not channel_open(letter.message)}
+        confirmed = await self._dead_letters.publish(self._name, live) if live else []
+        unconfirmed = {m.message for m, ok in zip(live, confirmed, strict=True) if not ok}
+        return not_sent | unconfirmed
 
     async def _give_back(self, batch: _Batch[CommandT]) -> None:
         """Storage is unavailable: requeue the valid deliveries, still dead-letter the bad."""
@@ -336,7 +373,10 @@ class BatchingConsumer(Generic[CommandT]):
 
 
 async def _after(previous: asyncio.Task[None] | None) -> None:
-    """Wait for the previous batch to settle (its failure is its own, already logged)."""
+    """Wait for the previous batch to finish settling, whatever its fate.
+
+    Its failure is its own and already handled (its channels are marked dirty);
+    ``asyncio.wait`` neither raises it nor propagates its cancellation here.
+    """
     if previous is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(previous)
+        await asyncio.wait({previous})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Iterable
 
@@ -36,39 +37,54 @@ def channel_open(message: Delivery) -> bool:
         return False
 
 
-def _channel_key(message: Delivery) -> int:
+def channel_key(message: Delivery) -> int:
     try:
         return id(message.channel)
     except ChannelInvalidStateError:
         return -1
 
 
-async def settle_safely(settlement: Awaitable[None], queue: str) -> None:
-    """Ack or nack; if the channel died meanwhile the broker redelivers, and dedupe absorbs it."""
+async def settle_safely(settlement: Awaitable[None], queue: str) -> bool:
+    """Ack or nack; False if the channel died meanwhile (the broker redelivers, dedupe absorbs).
+
+    aiormq fails pending frames with ``CancelledError`` when it force-closes a channel;
+    that is a lost channel, not this task being cancelled, and must not unwind the caller.
+    """
     try:
         await settlement
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("settlement_lost_with_channel", queue=queue, error="cancelled by aiormq")
+        return False
     except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError) as exc:
         # aiormq's ChannelInvalidStateError is a RuntimeError
         log.warning("settlement_lost_with_channel", queue=queue, error=repr(exc))
+        return False
+    return True
 
 
 async def acknowledge(
     queue: str,
     batch: list[Delivery],
     give_back: set[Delivery],
+    dirty_channels: set[int],
 ) -> None:
-    """Ack the batch with one multiple-ack per channel, or one by one if some go back.
+    """Ack the batch with one multiple-ack per channel, or one by one where that is unsafe.
 
-    Only correct when every earlier delivery of the channel is already settled: the
-    consumer guarantees it by settling batches strictly in delivery order.
+    A multiple-ack covers every earlier tag of the channel, so it is used only when all of
+    them are settled: the consumer settles batches in delivery order, and marks a channel
+    dirty when a batch on it could not be settled. Deliveries in ``give_back`` are nacked.
     """
     if not give_back:
         last_per_channel: dict[int, Delivery] = {}
         for message in batch:  # delivery order: the last one per channel has the top tag
-            last_per_channel[_channel_key(message)] = message
-        for last in last_per_channel.values():
-            await settle_safely(last.ack(multiple=True), queue)
-        return
+            last_per_channel[channel_key(message)] = message
+        for key, last in last_per_channel.items():
+            if key not in dirty_channels:
+                await settle_safely(last.ack(multiple=True), queue)
+        batch = [m for m in batch if channel_key(m) in dirty_channels]
     for message in batch:
         if message in give_back:
             await settle_safely(message.nack(requeue=True), queue)

@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"billing-worker: invalid configuration: {exc}\n")
         return 2
-    configure_logging(settings.log_level)
+    # The bench prints its report on stdout; its logs must not mix in.
+    configure_logging(settings.log_level, sys.stderr if args.command == "bench" else sys.stdout)
     if args.command == "run":
         return _run(settings)
     if args.command == "bench":

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aio_pika
 import structlog
@@ -48,7 +50,13 @@ class Worker:
         self._connection: AbstractRobustConnection | None = None
         self._components: Components | None = None
         self._probe: asyncio.Task[None] | None = None
+        self._subscription: QueueSubscription | None = None
         self._stopped = False
+
+    @property
+    def consumer_finished(self) -> asyncio.Future[None] | None:
+        """Done when the usage consumer's loop ends (after ``stop``, or if it died)."""
+        return self._components.usage_consumer.finished if self._components else None
 
     @property
     def components(self) -> Components:
@@ -82,10 +90,11 @@ class Worker:
                 "with other arguments (a classic queue, say); delete it or set another "
                 "BILLING_NAMESPACE"
             ) from exc
+        self._subscription = QueueSubscription(consume_channel, usage_queue.name)
         self._components = build_components(
             s,
             engine=self._engine,
-            usage_queue=QueueSubscription(consume_channel, usage_queue.name),
+            usage_queue=self._subscription,
             publish_channel=publish_channel,
             metrics=self.metrics,
         )
@@ -108,6 +117,7 @@ class Worker:
         if self._stopped:
             return True
         self._stopped = True
+        self.readiness.set("draining", False, "shutting down")
         drained = True
         if self._components is not None:
             drained = await self._components.usage_consumer.stop(
@@ -191,8 +201,10 @@ class Worker:
                 note = f"unreachable: {type(exc).__name__}"
         self.readiness.set("database", db_ok, note)
         self.metrics.up.labels(dependency="database").set(1 if db_ok else 0)
-        consumer_ok = self._components is not None and self._components.usage_consumer.running
-        self.readiness.set("usage_consumer", consumer_ok, "" if consumer_ok else "not running")
+        running = self._components is not None and self._components.usage_consumer.running
+        subscribed = self._subscription is not None and self._subscription.subscribed
+        note = "" if running and subscribed else ("not subscribed" if running else "not running")
+        self.readiness.set("usage_consumer", running and subscribed, note)
 
     async def _probe_forever(self) -> None:
         while True:
@@ -212,20 +224,43 @@ def tune_garbage_collector() -> None:
 
 
 async def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; exit code 0 after a clean drain."""
+    """Run until SIGTERM or SIGINT (exit 0 after a clean drain), or until the consumer dies.
+
+    A second signal during the drain exits at once; unacked deliveries are redelivered.
+    """
     worker = Worker(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("worker_forced_exit")
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
-        await worker.start()
-    except StartupError as exc:
-        log.error("worker_start_failed", error=str(exc))  # noqa: TRY400 - message says it all
+        try:
+            await worker.start()
+        except StartupError as exc:
+            log.error("worker_start_failed", error=str(exc))  # noqa: TRY400 - message says it all
+            return 1
+        tune_garbage_collector()
+        return await _until_stopped(worker, stop)
+    finally:
         await worker.stop()
+
+
+async def _until_stopped(worker: Worker, stop: asyncio.Event) -> int:
+    stopping = asyncio.create_task(stop.wait())
+    watched: set[asyncio.Future[Any]] = {stopping}
+    if worker.consumer_finished is not None:
+        watched.add(worker.consumer_finished)
+    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():
+        stopping.cancel()
+        log.critical("consumer_loop_died", hint="restart the worker; deliveries are redelivered")
         return 1
-    tune_garbage_collector()
-    await stop.wait()
     log.info("worker_stopping")
-    drained = await worker.stop()
-    return 0 if drained else 1
+    return 0 if await worker.stop() else 1

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
+import aio_pika
 import psycopg
 import pytest
 
@@ -196,3 +197,30 @@ async def test_sigkill_mid_run_then_restart_counts_everything_once(
     finally:
         second.kill()
     assert_exactly_once(sql, len(unique))
+
+
+async def test_queue_deleted_under_the_worker_is_redeclared_and_consumed(
+    start_worker: StartWorker, bus: Bus, sql: psycopg.Connection
+) -> None:
+    """The broker cancelling the consumer (queue deleted) does not leave the worker deaf."""
+    worker = await start_worker()
+    await bus.publish_all(events(20, "before"))
+    await wait_until(lambda: sample(worker, "billing_events_recorded_total") == 20)
+    channel = await bus.connection.channel()
+    await channel.queue_delete(bus.name("billing-worker.usage"))
+    await channel.close()
+
+    async def redeclared() -> bool:
+        try:
+            return await bus.depth("billing-worker.usage") >= 0
+        except aio_pika.exceptions.AMQPError:
+            return False
+
+    await wait_until(redeclared, timeout=30, what="the worker to redeclare its queue")
+    await bus.publish_all(events(30, "after"))
+    await wait_until(
+        lambda: sample(worker, "billing_events_recorded_total") == 50,
+        timeout=30,
+        what="consumption to resume",
+    )
+    assert_exactly_once(sql, 50)

@@ -8,10 +8,11 @@ from typing import Any, cast
 
 import pytest
 
-from billing_worker.adapters.amqp.dead_letters import DeadLetterPublisher
+from billing_worker.adapters.amqp.dead_letters import DeadLetter, DeadLetterPublisher
 from billing_worker.adapters.amqp.delivery import Delivery, DeliverySource
 from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.consumers.batching import BatchingConsumer, BatchPolicy, Outcome, Settled
+from billing_worker.consumers.settlement import settle_safely
 from billing_worker.domain.errors import (
     IdempotencyConflict,
     SchemaViolation,
@@ -300,3 +301,59 @@ async def test_stop_cancels_consumption_and_settles_in_flight(rig: Rig) -> None:
     assert rig.value("billing_events_recorded_total") == 2
     assert rig.channel.acked_tags(rig.delivered) == {m.delivery_tag for m in rig.delivered}
     assert not rig.consumer.running
+
+
+async def test_unforeseen_decode_error_dead_letters_that_message_only(rig: Rig) -> None:
+    """A delivery whose decoding raises something unforeseen is dead-lettered; the loop lives."""
+    original = rig.handler.decode
+
+    def fragile(message: Delivery) -> bytes:
+        if message.body == b"odd":
+            raise OverflowError("date value out of range")
+        return original(message)
+
+    rig.handler.decode = fragile  # type: ignore[method-assign]
+    await rig.deliver(b"a", b"odd", b"b")
+    await rig.settle_all()
+    assert [(d.message.body, d.reason) for d in rig.dead_letters.published] == [
+        (b"odd", "undecodable")
+    ]
+    assert "OverflowError" in rig.dead_letters.published[0].detail
+    assert rig.value("billing_events_recorded_total") == 2
+    assert rig.identity_holds()
+
+
+async def test_failed_settlement_is_nacked_and_never_covered_by_a_later_ack() -> None:
+    """If settling a batch breaks off, it is requeued and later batches ack one by one."""
+    r = Rig(BatchPolicy(max_size=2, max_wait=0.01, max_in_flight=1))
+    calls = 0
+
+    async def flaky_publish(queue: str, letters: Sequence[DeadLetter]) -> list[bool]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("publisher broke")
+        return [True] * len(letters)
+
+    r.dead_letters.publish = flaky_publish  # type: ignore[method-assign]
+    await r.consumer.start()
+    await r.deliver(b"bad-1", b"a")
+    for _ in range(200):
+        if r.channel.nacks:
+            break
+        await asyncio.sleep(0.005)
+    await r.deliver(b"b", b"c")
+    await r.settle_all()
+    first, second = r.delivered[:2], r.delivered[2:]
+    assert {tag for tag, _ in r.channel.nacks} == {m.delivery_tag for m in first}
+    assert all(not multiple for _, multiple in r.channel.acks), "no multiple-ack over them"
+    assert {tag for tag, _ in r.channel.acks} == {m.delivery_tag for m in second}
+
+
+async def test_ack_cancelled_by_the_client_library_does_not_unwind_settlement() -> None:
+    """aiormq failing an ack with CancelledError is a lost channel, not our cancellation."""
+
+    async def cancelled_ack() -> None:
+        raise asyncio.CancelledError
+
+    assert await settle_safely(cancelled_ack(), QUEUE) is False

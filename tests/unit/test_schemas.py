@@ -61,6 +61,18 @@ class TestUsageEvent:
         """Only CloudEvents 1.0 is accepted."""
         assert errors_of(usage_body(specversion="0.3"))[0][1] == ("specversion",)
 
+    @pytest.mark.parametrize(
+        "when", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "1969-12-31T00:00:00Z"]
+    )
+    def test_implausible_years_refused(self, when: str) -> None:
+        """Times outside 1970-9998 are refused (year 1 with an offset cannot even be UTC)."""
+        assert any(loc == ("time",) for _, loc in errors_of(usage_body(time=when)))
+
+    def test_time_is_normalised_to_utc(self) -> None:
+        """Any offset is accepted and converted to UTC."""
+        event = UsageEvent.model_validate_json(usage_body(time="2026-11-21T12:00:00+02:00"))
+        assert event.time.isoformat() == "2026-11-21T10:00:00+00:00"
+
     def test_naive_time_refused(self) -> None:
         """A time without a UTC offset is ambiguous and refused."""
         assert ("timezone_aware", ("time",)) in errors_of(usage_body(time="2026-11-21T10:15:00"))

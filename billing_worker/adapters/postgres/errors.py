@@ -11,6 +11,9 @@ _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
 """Connection exceptions, transaction rollbacks (deadlock, serialization), insufficient
 resources, operator intervention (shutdown, cannot connect now)."""
 
+_TRANSIENT_SQLSTATES = ("25006",)
+"""read_only_sql_transaction: a replica answered, as right after a failover."""
+
 _REFUSED_DATA = (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation)
 """Integrity violations caused by the rows themselves (others are bugs, not bad input)."""
 
@@ -27,7 +30,11 @@ def translate(exc: BaseException) -> BaseException | None:  # noqa: PLR0911 - on
     if not isinstance(orig, psycopg.Error):
         return None
     sqlstate = orig.sqlstate or ""
-    if isinstance(orig, psycopg.OperationalError) or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES:
+    if (
+        isinstance(orig, psycopg.OperationalError)
+        or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+        or sqlstate in _TRANSIENT_SQLSTATES
+    ):
         return TransientError(
             f"database unavailable or contended ({sqlstate or 'no sqlstate'}): {orig}"
         )

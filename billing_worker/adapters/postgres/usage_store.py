@@ -15,10 +15,12 @@ from types import TracebackType
 from typing import Self
 
 import orjson
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from billing_worker.adapters.postgres.errors import translate
+from billing_worker.domain.errors import TransientError
 from billing_worker.domain.usage import AggregateDelta, IdempotencyKey, LedgerEntry, UsageRecord
 
 # ORDER BY keeps the lock order fixed across replicas, so they cannot deadlock.
@@ -89,6 +91,10 @@ class KnownAccounts:
     def unknown(self, accounts: Iterable[str]) -> list[str]:
         """Those of ``accounts`` not known to exist, sorted."""
         return sorted(a for a in accounts if a not in self._ids)
+
+    def forget(self) -> None:
+        """Start over (an account we believed in is missing: the database was restored)."""
+        self._ids.clear()
 
     def add(self, accounts: Iterable[str]) -> None:
         """Remember committed accounts."""
@@ -207,6 +213,10 @@ class PostgresUnitOfWork:
     ) -> None:
         await self._close()
         if exc is not None:
+            if _is_missing_account(exc):
+                # The known-accounts cache outlived the rows (a restore): retry without it.
+                self._known.forget()
+                raise TransientError(f"an account believed to exist is missing: {exc}") from exc
             project_error = translate(exc)
             if project_error is not None:
                 raise project_error from exc
@@ -230,6 +240,11 @@ class PostgresUnitOfWork:
                 await tx.rollback()
         finally:
             await conn.close()
+
+
+def _is_missing_account(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    return isinstance(orig, psycopg.errors.ForeignKeyViolation) and "account" in str(orig)
 
 
 def _translated(exc: Exception) -> BaseException:
