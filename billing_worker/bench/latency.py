@@ -18,7 +18,7 @@ from typing import Any
 import aio_pika
 import psycopg
 
-from billing_worker.bench.scratch import USAGE_ROUTING_KEY, Scratch
+from billing_worker.bench.scratch import USAGE_ROUTING_KEY, Scratch, usage_message
 from billing_worker.bench.worker_process import WorkerProcess
 from billing_worker.bench.workload import usage_event
 
@@ -153,14 +153,7 @@ async def _publish_steadily(
                 published[event_id] = sent_at = time.monotonic()
                 announce.put((event_id, sent_at))
                 task = asyncio.ensure_future(
-                    exchange.publish(
-                        aio_pika.Message(
-                            body,
-                            content_type="application/json",
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=USAGE_ROUTING_KEY,
-                    )
+                    exchange.publish(usage_message(body), routing_key=USAGE_ROUTING_KEY)
                 )
                 pending.add(task)
                 task.add_done_callback(pending.discard)

@@ -67,6 +67,13 @@ async def _delete_topology(channel: AbstractChannel, topology: Topology) -> None
         await channel.exchange_delete(exchange)
 
 
+def usage_message(body: bytes) -> aio_pika.Message:
+    """A usage event as producers must publish it: JSON, persistent."""
+    return aio_pika.Message(
+        body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+    )
+
+
 async def publish(amqp_url: str, exchange_name: str, bodies: Sequence[bytes]) -> float:
     """Publish persistently with confirms, a window at a time; return the seconds it took."""
     connection = await aio_pika.connect(amqp_url)
@@ -78,14 +85,7 @@ async def publish(amqp_url: str, exchange_name: str, bodies: Sequence[bytes]) ->
         for start in range(0, len(bodies), PUBLISH_WINDOW):
             await asyncio.gather(
                 *(
-                    exchange.publish(
-                        aio_pika.Message(
-                            body,
-                            content_type="application/json",
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=USAGE_ROUTING_KEY,
-                    )
+                    exchange.publish(usage_message(body), routing_key=USAGE_ROUTING_KEY)
                     for body in bodies[start : start + PUBLISH_WINDOW]
                 )
             )

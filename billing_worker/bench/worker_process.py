@@ -10,6 +10,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,13 +33,25 @@ class BatchStats:
     p95_bound: float
 
 
+def spawn_worker(variables: dict[str, str], log: BinaryIO) -> subprocess.Popen[bytes]:
+    """``billing-worker run`` in a child process with exactly these BILLING_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env.update(variables)
+    return subprocess.Popen(
+        [sys.executable, "-m", "billing_worker", "run"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 class WorkerProcess:
     """``billing-worker run`` on a scratch place, with settings passed as BILLING_* variables."""
 
     def __init__(self, place: Scratch, settings: dict[str, str], log_path: Path) -> None:
         self.port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-        env.update(
+        self._log = log_path.open("ab")
+        self.process = spawn_worker(
             {
                 "BILLING_AMQP_URL": place.amqp_url,
                 "BILLING_DATABASE_URL": place.database_url,
@@ -47,14 +60,8 @@ class WorkerProcess:
                 "BILLING_HTTP_PORT": str(self.port),
                 "BILLING_LOG_LEVEL": "warning",
                 **settings,
-            }
-        )
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "billing_worker", "run"],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            },
+            self._log,
         )
 
     def _get(self, path: str) -> tuple[int, str]:

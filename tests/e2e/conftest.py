@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +18,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from billing_worker.bench.worker_process import spawn_worker
 from billing_worker.config import Settings
 from billing_worker.entrypoints.worker import Worker
 from tests.conftest import AMQP_URL
@@ -198,8 +196,8 @@ class WorkerProcess:
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.port = free_port()
         self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-        env.update(
+        self._log = log_path.open("ab")
+        self.process = spawn_worker(
             {
                 "BILLING_AMQP_URL": settings.amqp_url.get_secret_value(),
                 "BILLING_DATABASE_URL": settings.database_url.get_secret_value(),
@@ -208,14 +206,8 @@ class WorkerProcess:
                 "BILLING_HTTP_PORT": str(self.port),
                 "BILLING_BATCH_SIZE": str(settings.batch_size),
                 "BILLING_BATCH_MAX_WAIT_MS": str(settings.batch_max_wait_ms),
-            }
-        )
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "billing_worker", "run"],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            },
+            self._log,
         )
 
     async def wait_ready(self, timeout: float = 30) -> None:

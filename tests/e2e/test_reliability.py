@@ -26,6 +26,7 @@ from tests.e2e.conftest import (
     wait_until,
     worker_settings,
 )
+from tests.ledger_checks import aggregates_match_ledger
 
 
 def ledger_count(sql: psycopg.Connection) -> int:
@@ -39,15 +40,7 @@ def assert_exactly_once(sql: psycopg.Connection, expected: int) -> None:
     assert sql.execute(
         "SELECT count(*) FROM (SELECT DISTINCT event_source, event_id FROM usage_ledger) k"
     ).fetchone() == (expected,)
-    rebuilt = sql.execute(
-        "SELECT account_id, meter, period_start, sum(quantity), count(*) FROM usage_ledger "
-        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-    ).fetchall()
-    stored = sql.execute(
-        "SELECT account_id, meter, period_start, quantity, event_count FROM usage_aggregates "
-        "ORDER BY 1, 2, 3"
-    ).fetchall()
-    assert rebuilt == stored
+    assert aggregates_match_ledger(sql)
 
 
 def events(n: int, prefix: str = "e") -> list[bytes]:

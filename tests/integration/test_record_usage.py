@@ -18,6 +18,7 @@ from billing_worker.domain.errors import TransientError, UnprocessableEvent
 from billing_worker.domain.meters import LAUNCH_CATALOG
 from billing_worker.domain.usage import UsageOutcome, UsageRecord
 from billing_worker.service.record_usage import record_usage_batch
+from tests.ledger_checks import aggregates_match_ledger
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
@@ -50,19 +51,6 @@ async def record(engine: AsyncEngine, records: list[UsageRecord]) -> list[UsageO
     return result.outcomes
 
 
-def ledger_matches_aggregates(sql: psycopg.Connection) -> bool:
-    """The stored aggregates equal a rebuild from the ledger."""
-    rebuilt = sql.execute(
-        "SELECT account_id, meter, period_start, sum(quantity), count(*) FROM usage_ledger "
-        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-    ).fetchall()
-    stored = sql.execute(
-        "SELECT account_id, meter, period_start, quantity, event_count FROM usage_aggregates "
-        "ORDER BY 1, 2, 3"
-    ).fetchall()
-    return rebuilt == stored
-
-
 class TestRecordUsageBatch:
     async def test_new_events_reach_ledger_aggregates_and_accounts(
         self, engine: AsyncEngine, sql: psycopg.Connection
@@ -78,7 +66,7 @@ class TestRecordUsageBatch:
         assert sql.execute(
             "SELECT quantity, event_count FROM usage_aggregates WHERE account_id = 'acct_1'"
         ).fetchone() == (Decimal(15), 2)
-        assert ledger_matches_aggregates(sql)
+        assert aggregates_match_ledger(sql)
 
     async def test_redelivered_batch_has_no_effect(
         self, engine: AsyncEngine, sql: psycopg.Connection
@@ -185,4 +173,4 @@ class TestConcurrentReplicas:
         ).fetchone() == (600,)
         total = sum(e.quantity for e in events)
         assert sql.execute("SELECT sum(quantity) FROM usage_aggregates").fetchone() == (total,)
-        assert ledger_matches_aggregates(sql)
+        assert aggregates_match_ledger(sql)
