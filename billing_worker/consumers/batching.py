@@ -20,23 +20,21 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import structlog
 from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.exceptions import AMQPError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
 
 from billing_worker.adapters.amqp.dead_letters import DeadLetter, DeadLetterPublisher
 from billing_worker.adapters.amqp.delivery import Delivery, DeliverySource
 from billing_worker.adapters.observability.metrics import QueueMetrics
+from billing_worker.consumers.retrying import (
+    BatchHandler,
+    BatchPolicy,
+    RetryingHandler,
+    StorageUnavailable,
+)
 from billing_worker.consumers.settlement import (
     Outcome,
     Settled,
@@ -46,37 +44,13 @@ from billing_worker.consumers.settlement import (
     count_outcomes,
     settle_safely,
 )
-from billing_worker.domain.errors import PermanentError, TransientError
+from billing_worker.domain.errors import PermanentError
 
 log = structlog.get_logger(__name__)
 
 CommandT = TypeVar("CommandT")
 
 __all__ = ["BatchHandler", "BatchPolicy", "BatchingConsumer", "Outcome", "Settled"]
-
-
-class BatchHandler(Protocol[CommandT]):
-    """What a queue's consumer module provides to the machinery."""
-
-    def decode(self, message: Delivery) -> CommandT:
-        """Turn one delivery into a command, or raise ``PermanentError``."""
-        ...
-
-    async def handle(self, commands: Sequence[CommandT]) -> Sequence[Outcome]:
-        """Apply commands in one transaction; outcomes aligned with ``commands``."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class BatchPolicy:
-    """Batch bounds, pipelining, and the retry policy for transient failures."""
-
-    max_size: int = 500
-    max_wait: float = 0.005
-    max_in_flight: int = 2
-    retry_attempts: int = 6
-    retry_max_wait: float = 5.0
-    requeue_pause: float = 5.0
 
 
 @dataclass(slots=True)
@@ -88,10 +62,6 @@ class _Batch(Generic[CommandT]):
     commands: list[CommandT] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
-
-
-class _StorageUnavailable(Exception):
-    """Retries ran out (or the handler failed unexpectedly): give the batch back."""
 
 
 class BatchingConsumer(Generic[CommandT]):
@@ -114,6 +84,7 @@ class BatchingConsumer(Generic[CommandT]):
         self._metrics = metrics
         self._policy = policy
         self._sleep = sleep
+        self._retrying = RetryingHandler(handler, policy, metrics, self._name, sleep)
         self._buffer: list[tuple[Delivery, float]] = []
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
@@ -250,8 +221,8 @@ class BatchingConsumer(Generic[CommandT]):
         """
         try:
             try:
-                outcomes = await self._handle_isolating(batch.commands) if batch.commands else []
-            except _StorageUnavailable:
+                outcomes = await self._retrying.handle(batch.commands) if batch.commands else []
+            except StorageUnavailable:
                 await _after(previous)
                 await self._give_back(batch)
                 return
@@ -291,51 +262,6 @@ class BatchingConsumer(Generic[CommandT]):
             requeued=len(unconfirmed),
             seconds=round(seconds, 4),
         )
-
-    async def _handle_isolating(self, commands: Sequence[CommandT]) -> list[Outcome]:
-        """Handle the batch; if the store refuses it, split it until the culprit stands alone."""
-        try:
-            return list(await self._handle_with_retries(commands))
-        except PermanentError as exc:
-            if len(commands) == 1:
-                return [exc]
-            middle = len(commands) // 2
-            log.warning("batch_refused_bisecting", queue=self._name, size=len(commands))
-            first = await self._handle_isolating(commands[:middle])
-            return first + await self._handle_isolating(commands[middle:])
-
-    async def _handle_with_retries(self, commands: Sequence[CommandT]) -> Sequence[Outcome]:
-        policy = self._policy
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(policy.retry_attempts),
-            wait=wait_exponential(multiplier=0.05, max=policy.retry_max_wait)
-            + wait_random(0, 0.05),
-            sleep=self._sleep,
-            before_sleep=self._on_retry,
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._handler.handle(commands)
-        except TransientError as exc:
-            log.error(  # noqa: TRY400 - the cause is in `error`; a traceback adds nothing
-                "batch_retries_exhausted", queue=self._name, error=str(exc)
-            )
-            raise _StorageUnavailable from exc
-        except PermanentError:
-            raise
-        except Exception as exc:
-            # A bug must not eat messages: hand them back and say so loudly.
-            log.exception("batch_handler_failed", queue=self._name)
-            raise _StorageUnavailable from exc
-        raise AssertionError("tenacity returned without an outcome")  # pragma: no cover
-
-    def _on_retry(self, state: RetryCallState) -> None:
-        self._metrics.retries.inc()
-        error = state.outcome.exception() if state.outcome else None
-        log.warning("batch_retry", queue=self._name, attempt=state.attempt_number, error=str(error))
 
     async def _dead_letter(self, letters: list[DeadLetter]) -> set[Delivery]:
         """Publish dead letters; return the originals that were not (they go back).
