@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -132,7 +133,7 @@ async def _ledger_growth(
             )
             run = await measure_worker(place, workload, overrides, logs / f"empty-{i}.log")
             empty.append(run.events_per_second)
-        preload_ledger(place, args.preload_rows)
+        await asyncio.to_thread(preload_ledger, place, args.preload_rows)
         full = []
         for i in range(args.runs):
             workload = build_workload(

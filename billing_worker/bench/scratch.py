@@ -47,15 +47,17 @@ async def scratch(amqp_url: str, database_url: str, label: str) -> AsyncIterator
     db_url = make_url(database_url).set(database=db_name).render_as_string(hide_password=False)
     topology = Topology(f"bench-{label}-{suffix}")
     await asyncio.to_thread(prepare_database, db_url)
+    # No connection is held across the body: a long body (a ledger preload) would let its
+    # heartbeats lapse. Declaring and cleaning up each open their own.
     connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        await declare_usage_topology(await connection.channel(), topology)
     try:
-        channel = await connection.channel()
-        await declare_usage_topology(channel, topology)
         yield Scratch(amqp_url, db_url, topology)
     finally:
-        channel = await connection.channel()
-        await _delete_topology(channel, topology)
-        await connection.close()
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            await _delete_topology(await connection.channel(), topology)
         with psycopg.connect(_admin_url(database_url), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 

@@ -217,3 +217,24 @@ async def test_queue_deleted_under_the_worker_is_redeclared_and_consumed(
         what="consumption to resume",
     )
     assert_exactly_once(sql, 50)
+
+
+async def test_two_replicas_on_one_queue_count_each_event_once(
+    start_worker: StartWorker, bus: Bus, sql: psycopg.Connection
+) -> None:
+    """Two workers sharing the queue and the database, fed resends: every event once."""
+    first = await start_worker(batch_size=50)
+    second = await start_worker(batch_size=50)
+    unique = events(2000, "r")
+    await bus.publish_all(unique + unique[::4])  # a quarter resent, maybe to the other replica
+
+    def settled() -> float:
+        return sum(sample(w, "billing_events_received_total") for w in (first, second))
+
+    await wait_until(lambda: settled() == 2500, timeout=60, what="both replicas to settle all")
+    recorded = sum(sample(w, "billing_events_recorded_total") for w in (first, second))
+    duplicates = sum(sample(w, "billing_events_duplicate_total") for w in (first, second))
+    assert (recorded, duplicates) == (2000, 500)
+    assert sample(first, "billing_events_recorded_total") > 0
+    assert sample(second, "billing_events_recorded_total") > 0, "both replicas took work"
+    assert_exactly_once(sql, 2000)
