@@ -87,7 +87,8 @@ class BatchingConsumer(Generic[CommandT]):
         self._retrying = RetryingHandler(handler, policy, metrics, self._name, sleep)
         self._buffer: list[tuple[Delivery, float]] = []
         self._arrived = asyncio.Event()
-        self._full = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._busy = 0
         self._slots = asyncio.Semaphore(policy.max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._dirty_channels: set[int] = set()
@@ -116,7 +117,7 @@ class BatchingConsumer(Generic[CommandT]):
         # Only now: deliveries sent before the broker confirmed the cancel are in the buffer.
         self._stopping = True
         self._arrived.set()
-        self._full.set()
+        self._wake.set()
         if self._task is None:
             return True
         try:
@@ -149,7 +150,7 @@ class BatchingConsumer(Generic[CommandT]):
         if len(self._buffer) == 1:
             self._arrived.set()
         if len(self._buffer) >= self._policy.max_size:
-            self._full.set()
+            self._wake.set()
 
     async def _run(self) -> None:
         previous: asyncio.Task[None] | None = None
@@ -161,9 +162,6 @@ class BatchingConsumer(Generic[CommandT]):
                     self._arrived.clear()
                     await self._arrived.wait()
                     continue
-                # Reserve the pipeline slot before cutting the batch: while every slot is
-                # busy the buffer keeps growing, so batches are small when idle (latency)
-                # and as large as allowed under load (throughput).
                 await self._slots.acquire()
                 await self._pause_if_asked()
                 await self._wait_for_batch()
@@ -174,6 +172,7 @@ class BatchingConsumer(Generic[CommandT]):
                     self._slots.release()
                     continue
                 batch = self._decode(live)
+                self._busy += 1
                 previous = asyncio.create_task(self._settle(batch, previous))
                 self._in_flight.add(previous)
                 previous.add_done_callback(self._in_flight.discard)
@@ -187,15 +186,21 @@ class BatchingConsumer(Generic[CommandT]):
             await self._sleep(delay)
 
     async def _wait_for_batch(self) -> None:
-        """Until the batch is full, the oldest delivery has waited ``max_wait``, or stop."""
-        if self._stopping or len(self._buffer) >= self._policy.max_size:
-            return
-        remaining = self._buffer[0][1] + self._policy.max_wait - time.monotonic()
-        if remaining <= 0:
-            return
-        self._full.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._full.wait(), remaining)
+        """Until the batch is full, or it has waited ``max_wait`` with no batch in flight.
+
+        Group commit: when idle, a lone delivery waits at most ``max_wait`` (latency);
+        while a batch is in flight, deliveries gather until it finishes, so a busy worker
+        commits few large batches instead of many small ones competing for the CPU. A
+        full batch never waits and may run alongside the one in flight.
+        """
+        while not self._stopping and len(self._buffer) < self._policy.max_size:
+            waited = time.monotonic() - self._buffer[0][1]
+            if waited >= self._policy.max_wait and self._busy == 0:
+                return
+            timeout = None if self._busy else self._policy.max_wait - waited
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _decode(self, deliveries: list[Delivery]) -> _Batch[CommandT]:
         batch: _Batch[CommandT] = _Batch(deliveries)
@@ -236,6 +241,8 @@ class BatchingConsumer(Generic[CommandT]):
             for message in batch.deliveries:
                 await settle_safely(message.nack(requeue=True), self._name)
         finally:
+            self._busy -= 1
+            self._wake.set()
             self._slots.release()
 
     async def _conclude(self, batch: _Batch[CommandT], outcomes: Sequence[Outcome]) -> None:
