@@ -68,9 +68,15 @@ class Worker:
     async def start(self) -> None:
         """HTTP first (so probes answer), then database, broker, topology, consumers."""
         s = self.settings
-        self.http = HealthServer(
-            s.http_host, s.http_port, health_app(self.metrics.registry, self.readiness)
-        )
+        try:
+            self.http = HealthServer(
+                s.http_host, s.http_port, health_app(self.metrics.registry, self.readiness)
+            )
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve /metrics on {s.http_host}:{s.http_port} ({exc}); "
+                "set BILLING_HTTP_PORT to a free port"
+            ) from exc
         self.http.start()
         self._note_stripe()
         db_url = s.database_url.get_secret_value()

@@ -177,3 +177,13 @@ async def test_mismatched_existing_queue_fails_start_clearly(
     await channel.close()
     with pytest.raises(StartupError, match="topology mismatch"):
         await start_worker()
+
+
+async def test_busy_metrics_port_fails_start_clearly(start_worker: StartWorker) -> None:
+    """A taken BILLING_HTTP_PORT stops start-up with a message naming the variable."""
+    from billing_worker.entrypoints.worker import StartupError  # noqa: PLC0415
+
+    first = await start_worker()
+    assert first.http is not None
+    with pytest.raises(StartupError, match="BILLING_HTTP_PORT"):
+        await start_worker(http_port=first.http.port)
