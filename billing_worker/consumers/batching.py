@@ -287,13 +287,8 @@ class BatchingConsumer(Generic[CommandT]):
     async def _give_back(self, batch: _Batch[CommandT]) -> None:
         """Storage is unavailable: requeue the valid deliveries, still dead-letter the bad."""
         unconfirmed = await self._dead_letter(batch.letters)
-        for letter in batch.letters:
-            if letter.message in unconfirmed:
-                await settle_safely(letter.message.nack(requeue=True), self._name)
-            else:
-                await settle_safely(letter.message.ack(), self._name)
-        for message in batch.decoded:
-            await settle_safely(message.nack(requeue=True), self._name)
+        give_back = unconfirmed | set(batch.decoded)
+        await acknowledge(self._name, batch.deliveries, give_back, self._dirty_channels)
         count_outcomes(self._metrics, {}, batch.letters, unconfirmed)
         self._metrics.requeued.inc(len(batch.decoded))
         self._resume_at = time.monotonic() + self._policy.requeue_pause

@@ -89,10 +89,9 @@ class UsageConsumer:
 
     async def handle(self, commands: Sequence[UsageRecord]) -> Sequence[Outcome]:
         """Record the batch; duplicates settle quietly, conflicts are dead-lettered."""
-        result = await record_usage_batch(self._uow_factory, self._catalog, commands)
+        outcomes = await record_usage_batch(self._uow_factory, self._catalog, commands)
         return [
-            _settlement(outcome, record)
-            for outcome, record in zip(result.outcomes, commands, strict=True)
+            _settlement(outcome, record) for outcome, record in zip(outcomes, commands, strict=True)
         ]
 
 

@@ -26,11 +26,6 @@ class MeterCatalog:
             raise UnknownEventType(f"no meter is fed by event type {event_type!r}")
         return meters
 
-    @property
-    def meter_names(self) -> frozenset[str]:
-        """Every meter the catalog knows."""
-        return frozenset(m for meters in self.meters_by_event_type.values() for m in meters)
-
 
 LAUNCH_CATALOG = MeterCatalog(
     MappingProxyType(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from billing_worker.domain.meters import MeterCatalog
 from billing_worker.domain.usage import (
@@ -17,24 +16,14 @@ from billing_worker.domain.usage import (
 from billing_worker.service.ports import UnitOfWorkFactory
 
 
-@dataclass(frozen=True, slots=True)
-class UsageBatchResult:
-    """The outcome of each record, aligned with the batch."""
-
-    outcomes: list[UsageOutcome]
-    ledger_rows: int
-
-    def count(self, outcome: UsageOutcome) -> int:
-        """How many records ended as ``outcome``."""
-        return sum(1 for o in self.outcomes if o is outcome)
-
-
 async def record_usage_batch(
     uow_factory: UnitOfWorkFactory,
     catalog: MeterCatalog,
     records: Sequence[UsageRecord],
-) -> UsageBatchResult:
+) -> list[UsageOutcome]:
     """Claim keys, append ledger rows for new events, update aggregates, commit.
+
+    Returns each record's outcome, aligned with ``records``.
 
     Keys are claimed and aggregates updated in sorted order so that concurrent
     replicas lock rows in the same order and cannot deadlock each other. Nothing
@@ -51,5 +40,4 @@ async def record_usage_batch(
             await uow.usage.ensure_accounts(sorted({r.account for r in new}), catalog.default_plan)
             await uow.usage.append_usage(entries, aggregate_deltas(entries))
         await uow.commit()
-    outcomes = classify(records, claimed=claimed, stored_fingerprints=stored)
-    return UsageBatchResult(outcomes=outcomes, ledger_rows=len(entries))
+    return classify(records, claimed=claimed, stored_fingerprints=stored)

@@ -47,8 +47,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def record(engine: AsyncEngine, records: list[UsageRecord]) -> list[UsageOutcome]:
-    result = await record_usage_batch(lambda: PostgresUnitOfWork(engine), LAUNCH_CATALOG, records)
-    return result.outcomes
+    return await record_usage_batch(lambda: PostgresUnitOfWork(engine), LAUNCH_CATALOG, records)
 
 
 class TestRecordUsageBatch:
