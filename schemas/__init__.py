@@ -3,6 +3,30 @@
 Product services may import this package; it never imports ``billing_worker``.
 """
 
+from schemas.events import (
+    EVENT_TYPES,
+    BillingEvent,
+    CreditsEventData,
+    CreditsExhaustedEvent,
+    CreditsLowEvent,
+    DecimalString,
+    NonNegativeDecimalString,
+    QuotaEventData,
+    QuotaExceededEvent,
+    QuotaWarningEvent,
+    SubscriptionChangedData,
+    SubscriptionChangedEvent,
+    UsageRejectedData,
+    UsageRejectedEvent,
+    UtcDatetime,
+    deterministic_event_id,
+)
+from schemas.quota_check import (
+    QUOTA_CHECK_ROUTING_KEY,
+    QuotaCheckError,
+    QuotaCheckReply,
+    QuotaCheckRequest,
+)
 from schemas.usage import (
     USAGE_EVENT_SCHEMA_ID,
     DimensionValue,
@@ -12,9 +36,29 @@ from schemas.usage import (
 )
 
 __all__ = [
+    "EVENT_TYPES",
+    "QUOTA_CHECK_ROUTING_KEY",
     "USAGE_EVENT_SCHEMA_ID",
+    "BillingEvent",
+    "CreditsEventData",
+    "CreditsExhaustedEvent",
+    "CreditsLowEvent",
+    "DecimalString",
     "DimensionValue",
+    "NonNegativeDecimalString",
+    "QuotaCheckError",
+    "QuotaCheckReply",
+    "QuotaCheckRequest",
+    "QuotaEventData",
+    "QuotaExceededEvent",
+    "QuotaWarningEvent",
+    "SubscriptionChangedData",
+    "SubscriptionChangedEvent",
     "UsageData",
     "UsageEvent",
     "UsageEventV1",
+    "UsageRejectedData",
+    "UsageRejectedEvent",
+    "UtcDatetime",
+    "deterministic_event_id",
 ]

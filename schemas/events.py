@@ -1,0 +1,338 @@
+"""Billing events, version 1: CloudEvents 1.0 envelopes (structured mode) the worker publishes.
+
+Every event goes through the outbox to the topic exchange ``billing.events`` with the event
+``type`` as routing key. ``source`` is always ``billing-worker``, ``subject`` is the account,
+and ``id`` is deterministic (:func:`deterministic_event_id`), so subscribers drop
+redeliveries by ``id``. Money and quantities are decimal strings on the wire (``"81234"``,
+``"10.90"``, never a JSON number or an exponent) and times are RFC 3339 in UTC with ``Z``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+
+from schemas.usage import MAX_YEAR, MIN_YEAR, EventType, Identifier
+
+SCHEMA_BASE = "https://billing-worker.dev/schemas"
+"""Prefix of every published schema ``$id``."""
+
+EVENT_SOURCE: Final = "billing-worker"
+"""The CloudEvents ``source`` of everything the worker publishes."""
+
+EVENT_ID_NAMESPACE = uuid.UUID("15724aae-4689-5fd5-a511-2621cde48fe0")
+"""Namespace of :func:`deterministic_event_id`: ``uuid5(NAMESPACE_URL,
+"https://billing-worker.dev/events")``. Changing it changes every event id, so
+subscribers would stop recognising redeliveries: never change it."""
+
+DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+"""A decimal string on the wire: optional minus, digits, optional fraction; no exponent."""
+
+NON_NEGATIVE_DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?$"
+"""A non-negative decimal string on the wire."""
+
+_DECIMAL_RE = re.compile(DECIMAL_PATTERN)
+
+
+def _wire_decimal_only(value: object, info: ValidationInfo) -> object:
+    """In JSON, a decimal string becomes a ``Decimal``; numbers and exponents are refused.
+
+    In Python, anything but a ``Decimal`` is left to the strict check, which refuses it.
+    """
+    if isinstance(value, bool | int | float):
+        # ValueError, not TypeError: pydantic turns only ValueError into a ValidationError.
+        raise ValueError("must be a decimal string such as '10.90', not a number")  # noqa: TRY004
+    if isinstance(value, str) and info.mode == "json":
+        if not _DECIMAL_RE.fullmatch(value):
+            raise ValueError("must be a decimal string such as '10.90' (digits, no exponent)")
+        return Decimal(value)
+    return value
+
+
+def format_decimal(value: Decimal) -> str:
+    """``value`` in plain positional notation: ``1E+5`` -> ``"100000"``, ``-0`` -> ``"0"``.
+
+    Trailing fraction zeros are kept (``"10.90"`` stays ``"10.90"``): they carry the
+    currency's precision.
+    """
+    if value.is_zero():
+        value = value.copy_abs()
+    return format(value, "f")
+
+
+DecimalString = Annotated[
+    Decimal,
+    BeforeValidator(_wire_decimal_only),
+    Field(allow_inf_nan=False),
+    PlainSerializer(format_decimal, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": DECIMAL_PATTERN}),
+]
+"""An exact, finite decimal: a ``Decimal`` in Python, a decimal string in JSON."""
+
+NonNegativeDecimalString = Annotated[
+    DecimalString,
+    Field(ge=0),
+    WithJsonSchema({"type": "string", "pattern": NON_NEGATIVE_DECIMAL_PATTERN}),
+]
+"""A :data:`DecimalString` that is zero or more (quantities, limits, balances)."""
+
+
+def _to_utc(value: datetime) -> datetime:
+    """Normalised to UTC; years 1970-9998 only (so every offset converts safely)."""
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise ValueError(f"time must fall in the years {MIN_YEAR}-{MAX_YEAR}")
+    return value.astimezone(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with ``Z``: ``2026-12-01T00:00:00Z``."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+UtcDatetime = Annotated[
+    AwareDatetime,
+    AfterValidator(_to_utc),
+    PlainSerializer(format_time, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}, mode="validation"),
+    WithJsonSchema(
+        {"type": "string", "format": "date-time", "pattern": "Z$"}, mode="serialization"
+    ),
+]
+"""An aware datetime, converted to UTC; in JSON always written with ``Z``."""
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+"""A short machine name: a meter, a plan, a status, a reason code."""
+
+
+def deterministic_event_id(event_type: str, *parts: str) -> str:
+    """The id of the event of ``event_type`` about ``parts``, the same on every call.
+
+    A UUIDv5 (SHA-1, RFC 9562) in :data:`EVENT_ID_NAMESPACE` of the type and the parts,
+    each length-prefixed (``"<len>:<text>"``) so no two different tuples of parts share a
+    name, whatever characters the parts contain. The outbox may publish an event more than
+    once; because the id is a pure function of what the event is about (e.g. account,
+    meter, period start, threshold), subscribers drop redeliveries by ``id``.
+    """
+    pieces = (event_type, *parts)
+    for piece in pieces:
+        if not isinstance(piece, str):
+            raise TypeError(f"event id parts must be str, not {type(piece).__name__}")
+    name = "".join(f"{len(piece)}:{piece}" for piece in pieces)
+    # UUIDv5 is SHA-1 by definition; the id is not a secret.
+    digest = hashlib.sha1(
+        EVENT_ID_NAMESPACE.bytes + name.encode("utf-8", "surrogatepass"),
+        usedforsecurity=False,
+    ).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
+
+
+class _Payload(BaseModel):
+    """Common configuration of every event payload: strict, closed, immutable."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        json_schema_serialization_defaults_required=True,
+    )
+
+
+class QuotaEventData(_Payload):
+    """``data`` of ``quota.warning`` and ``quota.exceeded``: a usage threshold was crossed."""
+
+    meter: Name = Field(description="The meter whose usage crossed the threshold, e.g. tokens.")
+    threshold: int = Field(ge=1, le=1000, description="The threshold crossed, percent of limit.")
+    used: NonNegativeDecimalString = Field(description="Usage in the period so far.")
+    limit: NonNegativeDecimalString = Field(description="The plan's limit on the meter.")
+    period_start: UtcDatetime = Field(description="Start of the usage period (inclusive).")
+    period_end: UtcDatetime = Field(description="End of the usage period (exclusive).")
+    plan: Name = Field(description="The account's plan when the threshold was crossed.")
+    enforcement: Literal["hard", "soft"] = Field(
+        description="hard: usage past the limit is refused; soft: it is only reported."
+    )
+
+    @model_validator(mode="after")
+    def _period_is_forward(self) -> QuotaEventData:
+        if self.period_start >= self.period_end:
+            raise ValueError("period_start must be before period_end")
+        return self
+
+
+class CreditsEventData(_Payload):
+    """``data`` of ``credits.low`` and ``credits.exhausted``: a credit balance fell."""
+
+    balance: NonNegativeDecimalString = Field(description="Credit balance after the fall.")
+    threshold: NonNegativeDecimalString = Field(
+        description="The alert level crossed; 0 for credits.exhausted."
+    )
+    shortfall: NonNegativeDecimalString = Field(
+        description="Credits used that no grant covered, cumulative in this crossing; usually 0."
+    )
+    meter: Name | None = Field(description="The meter whose usage caused the fall, if any.")
+
+
+class UsageRejectedData(_Payload):
+    """``data`` of ``usage.rejected``: an incoming usage event was dead-lettered.
+
+    The producer may have sent garbage, so ``source``, ``original_id`` and
+    ``original_type`` are null when they could not be read.
+    """
+
+    reason: Name = Field(description="Machine-readable code, e.g. schema_violation.")
+    detail: str = Field(description="Human-readable explanation.")
+    source: str | None = Field(description="The rejected event's source, if readable.")
+    original_id: str | None = Field(description="The rejected event's id, if readable.")
+    original_type: str | None = Field(description="The rejected event's type, if readable.")
+    queue: Name = Field(description="The queue the event was consumed from.")
+
+
+class SubscriptionChangedData(_Payload):
+    """``data`` of ``subscription.changed``: an account's plan or status changed."""
+
+    plan: Name = Field(description="The plan now.")
+    status: Name = Field(description="The subscription status now, e.g. active, canceled.")
+    previous_plan: Name | None = Field(description="The plan before; null if none.")
+    previous_status: Name | None = Field(description="The status before; null if none.")
+    current_period_start: UtcDatetime | None = Field(
+        description="Start of the current billing period, if known."
+    )
+    current_period_end: UtcDatetime | None = Field(
+        description="End of the current billing period, if known."
+    )
+    cause: Name = Field(description="What changed it, e.g. operator or stripe.")
+
+
+DataT_co = TypeVar("DataT_co", bound=BaseModel, covariant=True)
+"""The payload model of an envelope. Covariant (envelopes are frozen), so every per-type
+envelope is a ``BillingEvent[BaseModel]`` to code that handles events generically."""
+
+
+class BillingEvent(BaseModel, Generic[DataT_co]):
+    """A CloudEvents 1.0 envelope (structured mode) the worker publishes to ``billing.events``.
+
+    Use a per-type subclass (:class:`QuotaWarningEvent`, ...): it fixes ``type`` and the
+    ``data`` model, and only ``id``, ``subject``, ``time`` and ``data`` need be given.
+    """
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        json_schema_serialization_defaults_required=True,
+    )
+
+    specversion: Literal["1.0"] = "1.0"
+    id: Identifier = Field(description="Deterministic; subscribers drop redeliveries by id.")
+    source: Literal["billing-worker"] = EVENT_SOURCE
+    type: EventType = Field(description="The event type; also the routing key.")
+    subject: Identifier = Field(description="The account the event is about.")
+    time: UtcDatetime = Field(description="When it happened, in UTC.")
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: DataT_co
+
+
+def _config(name: str, title: str) -> ConfigDict:
+    """Per-type envelope configuration: the schema ``$id`` and title."""
+    return ConfigDict(title=title, json_schema_extra={"$id": f"{SCHEMA_BASE}/{name}/v1.json"})
+
+
+class QuotaWarningEvent(BillingEvent[QuotaEventData]):
+    """``quota.warning``: a usage threshold below 100% of the limit was crossed."""
+
+    model_config = _config("quota-warning", "QuotaWarningEvent")
+
+    type: Literal["quota.warning"] = "quota.warning"
+
+    @model_validator(mode="after")
+    def _below_limit(self) -> QuotaWarningEvent:
+        if self.data.threshold >= 100:
+            raise ValueError("quota.warning is for thresholds below 100; use quota.exceeded")
+        return self
+
+
+class QuotaExceededEvent(BillingEvent[QuotaEventData]):
+    """``quota.exceeded``: 100% (or more) of the limit was crossed.
+
+    At most one per account, meter, period and threshold, ever.
+    """
+
+    model_config = _config("quota-exceeded", "QuotaExceededEvent")
+
+    type: Literal["quota.exceeded"] = "quota.exceeded"
+
+    @model_validator(mode="after")
+    def _at_or_over_limit(self) -> QuotaExceededEvent:
+        if self.data.threshold < 100:
+            raise ValueError("quota.exceeded is for thresholds of 100 or more; use quota.warning")
+        return self
+
+
+class CreditsLowEvent(BillingEvent[CreditsEventData]):
+    """``credits.low``: a credit balance fell below its alert level."""
+
+    model_config = _config("credits-low", "CreditsLowEvent")
+
+    type: Literal["credits.low"] = "credits.low"
+
+
+class CreditsExhaustedEvent(BillingEvent[CreditsEventData]):
+    """``credits.exhausted``: a credit balance fell to zero (balance and threshold are 0)."""
+
+    model_config = _config("credits-exhausted", "CreditsExhaustedEvent")
+
+    type: Literal["credits.exhausted"] = "credits.exhausted"
+
+    @model_validator(mode="after")
+    def _at_zero(self) -> CreditsExhaustedEvent:
+        if self.data.balance != 0 or self.data.threshold != 0:
+            raise ValueError("credits.exhausted has balance 0 and threshold 0")
+        return self
+
+
+class UsageRejectedEvent(BillingEvent[UsageRejectedData]):
+    """``usage.rejected``: an incoming usage event was dead-lettered."""
+
+    model_config = _config("usage-rejected", "UsageRejectedEvent")
+
+    type: Literal["usage.rejected"] = "usage.rejected"
+
+
+class SubscriptionChangedEvent(BillingEvent[SubscriptionChangedData]):
+    """``subscription.changed``: an account's plan or subscription status changed."""
+
+    model_config = _config("subscription-changed", "SubscriptionChangedEvent")
+
+    type: Literal["subscription.changed"] = "subscription.changed"
+
+
+EVENT_TYPES: Mapping[str, type[BillingEvent[Any]]] = MappingProxyType(
+    {
+        "quota.warning": QuotaWarningEvent,
+        "quota.exceeded": QuotaExceededEvent,
+        "credits.low": CreditsLowEvent,
+        "credits.exhausted": CreditsExhaustedEvent,
+        "usage.rejected": UsageRejectedEvent,
+        "subscription.changed": SubscriptionChangedEvent,
+    }
+)
+"""Event ``type`` -> its envelope class, for every billing event modelled here."""
