@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractExchange
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_worker.adapters.amqp.billing_events import OutboxRelay
 from billing_worker.adapters.amqp.dead_letters import DeadLetterPublisher
 from billing_worker.adapters.amqp.delivery import DeliverySource
 from billing_worker.adapters.amqp.topology import Topology
@@ -15,8 +16,9 @@ from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.adapters.postgres.usage_store import KnownAccounts, PostgresUnitOfWork
 from billing_worker.config import Settings
 from billing_worker.consumers.batching import BatchingConsumer, BatchPolicy
-from billing_worker.consumers.usage import UsageConsumer
-from billing_worker.domain.meters import LAUNCH_CATALOG, MeterCatalog
+from billing_worker.consumers.quota_check import QuotaCheckConsumer
+from billing_worker.consumers.usage import UsageConsumer, usage_rejected_notice
+from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.usage import UsageRecord
 
 
@@ -25,6 +27,8 @@ class Components:
     """What the process lifecycle starts and stops."""
 
     usage_consumer: BatchingConsumer[UsageRecord]
+    quota_check: QuotaCheckConsumer
+    relay: OutboxRelay
 
 
 def batch_policy(settings: Settings) -> BatchPolicy:
@@ -47,18 +51,31 @@ def topology_for(settings: Settings) -> Topology:
 def build_components(
     settings: Settings,
     *,
+    book: PriceBook,
     engine: AsyncEngine,
     usage_queue: DeliverySource,
+    quota_queue: DeliverySource,
+    reply_exchange: AbstractExchange,
     publish_channel: AbstractChannel,
     metrics: Metrics,
-    catalog: MeterCatalog = LAUNCH_CATALOG,
 ) -> Components:
-    """Wire the consumers to the database and the broker."""
-    dead_letters = DeadLetterPublisher(publish_channel)
+    """Wire the consumers and the outbox relay to the database and the broker."""
+    topology = topology_for(settings)
+    relay = OutboxRelay(engine, publish_channel, topology.events_exchange, metrics)
+    dead_letters = DeadLetterPublisher(
+        publish_channel,
+        events_exchange=topology.events_exchange,
+        notices={usage_queue.name: usage_rejected_notice},
+        published=metrics.outbox_published,
+    )
     known_accounts = KnownAccounts()
+
+    def unit_of_work() -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(engine, known_accounts, on_outbox_written=relay.wake)
+
     usage = UsageConsumer(
-        lambda: PostgresUnitOfWork(engine, known_accounts),
-        catalog,
+        unit_of_work,
+        book,
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
     )
     return Components(
@@ -68,5 +85,7 @@ def build_components(
             dead_letters,
             metrics.for_queue(usage_queue.name),
             batch_policy(settings),
-        )
+        ),
+        quota_check=QuotaCheckConsumer(quota_queue, reply_exchange, unit_of_work, book, metrics),
+        relay=relay,
     )

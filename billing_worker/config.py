@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "BILLING_"
@@ -62,15 +62,6 @@ class Settings(BaseSettings):
         if not value.get_secret_value().startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// or amqps:// URL")
         return value
-
-    @model_validator(mode="after")
-    def _not_yet_supported(self) -> Settings:
-        if self.pricebook is not None:
-            raise ValueError(
-                "BILLING_PRICEBOOK: price book files are not supported by this version; "
-                "unset it to use the built-in launch catalog"
-            )
-        return self
 
     @property
     def effective_prefetch(self) -> int:

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import make_url
 
 from billing_worker.adapters.postgres.database import prepare_database
+from tests.pricebooks import DEFAULT_BOOK, FEATURES_BOOK, register
 
 SERVER_URL = os.environ.get(
     "BILLING_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -51,6 +52,8 @@ def template_database() -> Iterator[str]:
     """A database migrated once per session, cloned by each test that needs one."""
     name = f"bwt_template_{uuid.uuid4().hex[:10]}"
     prepare_database(database_url_for(name))
+    with psycopg.connect(libpq_url(database_url_for(name)), autocommit=True) as conn:
+        register(conn, DEFAULT_BOOK, FEATURES_BOOK)
     yield name
     drop_database(name)
 
@@ -87,7 +90,7 @@ async def namespace() -> AsyncIterator[str]:
     yield ns
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
-        for queue in ("billing-worker.usage", "billing-worker.usage.dlq"):
+        for queue in ("billing-worker.usage", "billing-worker.usage.dlq", "billing.quota.check"):
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(f"{ns}.{queue}")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from pydantic import ValidationError
 
+from billing_worker.adapters.amqp.dead_letters import DeadLetter
 from billing_worker.adapters.amqp.delivery import Delivery
 from billing_worker.consumers.settlement import Outcome, Settled
 from billing_worker.domain.errors import (
@@ -15,9 +19,10 @@ from billing_worker.domain.errors import (
     PermanentError,
     SchemaViolation,
 )
-from billing_worker.domain.meters import MeterCatalog
+from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.usage import UsageOutcome, UsageRecord, check_not_in_future
-from billing_worker.service.ports import UnitOfWorkFactory
+from billing_worker.service.events import usage_rejected
+from billing_worker.service.ports import OutgoingEvent, UnitOfWorkFactory
 from billing_worker.service.record_usage import record_usage_batch
 from schemas.usage import UsageEvent
 
@@ -62,20 +67,20 @@ class UsageConsumer:
     def __init__(
         self,
         uow_factory: UnitOfWorkFactory,
-        catalog: MeterCatalog,
+        book: PriceBook,
         *,
         max_clock_skew: timedelta,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._uow_factory = uow_factory
-        self._catalog = catalog
+        self._book = book
         self._max_clock_skew = max_clock_skew
         self._clock = clock
 
     def decode(self, message: Delivery) -> UsageRecord:
         """A usage record, or a ``PermanentError`` naming what is wrong."""
         event = parse_usage_event(message.body, message.content_type)
-        self._catalog.meters_for(event.type)
+        feeds = self._book.feeds(event.type, event.data.quantity, event.data.dimensions)
         check_not_in_future(event.time, now=self._clock(), max_skew=self._max_clock_skew)
         return UsageRecord(
             source=event.source,
@@ -85,11 +90,14 @@ class UsageConsumer:
             occurred_at=event.time,
             quantity=event.data.quantity,
             dimensions=event.data.dimensions,
+            feeds=feeds,
         )
 
     async def handle(self, commands: Sequence[UsageRecord]) -> Sequence[Outcome]:
         """Record the batch; duplicates settle quietly, conflicts are dead-lettered."""
-        outcomes = await record_usage_batch(self._uow_factory, self._catalog, commands)
+        outcomes = await record_usage_batch(
+            self._uow_factory, self._book, commands, clock=self._clock
+        )
         return [
             _settlement(outcome, record) for outcome, record in zip(outcomes, commands, strict=True)
         ]
@@ -103,4 +111,35 @@ def _settlement(outcome: UsageOutcome, record: UsageRecord) -> Outcome:
     return IdempotencyConflict(
         f"key (source={record.source!r}, id={record.event_id!r}) was already recorded "
         "with different content"
+    )
+
+
+def _readable(value: object) -> str | None:
+    return value[:256] if isinstance(value, str) and value else None
+
+
+def usage_rejected_notice(queue: str, letter: DeadLetter) -> OutgoingEvent:
+    """``usage.rejected`` for a dead-lettered usage delivery.
+
+    Whatever of ``source``, ``id``, ``type`` and ``subject`` can be read from the body is
+    carried over (bad input may have none); the event id names the original event, or
+    a digest of the body when it has no readable key.
+    """
+    body = letter.message.body
+    fields: dict[str, object] = {}
+    if len(body) <= MAX_BODY_BYTES:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            parsed = orjson.loads(body)
+            if isinstance(parsed, dict):
+                fields = parsed
+    return usage_rejected(
+        reason=letter.reason,
+        detail=letter.detail[:1000],
+        queue=queue,
+        source=_readable(fields.get("source")),
+        original_id=_readable(fields.get("id")),
+        original_type=_readable(fields.get("type")),
+        account=_readable(fields.get("subject")),
+        body_digest=hashlib.sha256(body).hexdigest(),
+        at=datetime.now(UTC),
     )

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from billing_worker.domain.errors import EventTimeInFuture
-from billing_worker.domain.meters import MeterCatalog
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
+from billing_worker.domain.pricebook import Aggregation, MeterFeed, PriceBook
 
 Scalar = str | int | float | bool | None
 IdempotencyKey = tuple[str, str]
@@ -59,6 +59,8 @@ class UsageRecord:
     quantity: Decimal
     dimensions: Mapping[str, Scalar] = field(default_factory=dict)
     fingerprint: bytes = b""
+    feeds: tuple[MeterFeed, ...] | None = field(default=None, compare=False)
+    """The meters this event feeds, when already worked out (by the decoder)."""
 
     def __post_init__(self) -> None:
         if self.occurred_at.tzinfo is None:
@@ -140,7 +142,7 @@ def classify(
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One append-only ledger row: an event's quantity on one meter in one period."""
+    """One append-only ledger row: an event's value on one meter in one period."""
 
     account: str
     meter: str
@@ -151,52 +153,94 @@ class LedgerEntry:
     occurred_at: datetime
     period: BillingPeriod
     dimensions: Mapping[str, Scalar]
+    aggregation: Aggregation = Aggregation.SUM
+    unique_value: str | None = None
+    """For ``unique_count`` meters: the distinct value this event carries."""
 
 
-def ledger_entries_for(records: Iterable[UsageRecord], catalog: MeterCatalog) -> list[LedgerEntry]:
+def ledger_entries_for(records: Iterable[UsageRecord], book: PriceBook) -> list[LedgerEntry]:
     """One entry per record and meter it feeds, in the calendar month of its time."""
     entries: list[LedgerEntry] = []
     for record in records:
         period = calendar_month_of(record.occurred_at)
+        feeds = record.feeds
+        if feeds is None:
+            feeds = book.feeds(record.event_type, record.quantity, record.dimensions)
         entries.extend(
             LedgerEntry(
                 account=record.account,
-                meter=meter,
-                quantity=record.quantity,
+                meter=feed.meter.name,
+                quantity=feed.value,
                 source=record.source,
                 event_id=record.event_id,
                 event_type=record.event_type,
                 occurred_at=record.occurred_at,
                 period=period,
                 dimensions=record.dimensions,
+                aggregation=feed.meter.aggregation,
+                unique_value=(
+                    _unique_key(record.dimensions.get(feed.meter.value_field))
+                    if feed.meter.aggregation is Aggregation.UNIQUE_COUNT
+                    and feed.meter.value_field is not None
+                    else None
+                ),
             )
-            for meter in catalog.meters_for(record.event_type)
+            for feed in feeds
         )
     return entries
 
 
+def _unique_key(value: Scalar) -> str:
+    """How a distinct value is stored: JSON, so ``1`` and ``"1"`` stay different."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class AggregateDelta:
-    """What a batch adds to one (account, meter, period) running total."""
+    """What a batch contributes to one (account, meter, period) running total.
+
+    ``quantity`` is folded with the stored total by ``aggregation``: added for ``sum`` and
+    ``count``, the larger kept for ``max``, the newer (by ``latest_at``) kept for
+    ``latest``. For ``unique_count`` the store counts which of ``unique_values`` it has
+    not seen before.
+    """
 
     account: str
     meter: str
     period: BillingPeriod
     quantity: Decimal
     event_count: int
+    aggregation: Aggregation = Aggregation.SUM
+    latest_at: datetime | None = None
+    unique_values: tuple[str, ...] = ()
 
 
 def aggregate_deltas(entries: Iterable[LedgerEntry]) -> list[AggregateDelta]:
-    """Sum entries per (account, meter, period), sorted by that key.
+    """Fold entries per (account, meter, period), sorted by that key.
 
     The fixed order is what lets replicas update aggregates without deadlocking.
     """
-    totals: dict[tuple[str, str, BillingPeriod], tuple[Decimal, int]] = {}
+    groups: dict[tuple[str, str, BillingPeriod], list[LedgerEntry]] = {}
     for entry in entries:
-        key = (entry.account, entry.meter, entry.period)
-        quantity, count = totals.get(key, (Decimal(0), 0))
-        totals[key] = (quantity + entry.quantity, count + 1)
-    return [
-        AggregateDelta(account, meter, period, quantity, count)
-        for (account, meter, period), (quantity, count) in sorted(totals.items())
-    ]
+        groups.setdefault((entry.account, entry.meter, entry.period), []).append(entry)
+    deltas = []
+    for (account, meter, period), group in sorted(groups.items()):
+        aggregation = group[0].aggregation
+        latest_at = None
+        unique_values: tuple[str, ...] = ()
+        if aggregation is Aggregation.MAX:
+            quantity = max(e.quantity for e in group)
+        elif aggregation is Aggregation.LATEST:
+            newest = max(enumerate(group), key=lambda pair: (pair[1].occurred_at, pair[0]))[1]
+            quantity, latest_at = newest.quantity, newest.occurred_at
+        elif aggregation is Aggregation.UNIQUE_COUNT:
+            unique_values = tuple(sorted({e.unique_value for e in group if e.unique_value}))
+            quantity = Decimal(0)
+        else:
+            quantity = sum((e.quantity for e in group), Decimal(0))
+        deltas.append(
+            AggregateDelta(
+                account, meter, period, quantity, len(group), aggregation, latest_at, unique_values
+            )
+        )
+    return deltas

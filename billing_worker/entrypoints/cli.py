@@ -13,6 +13,7 @@ import structlog
 from billing_worker import __version__
 from billing_worker.adapters.observability.logging import configure_logging
 from billing_worker.config import ConfigError, Settings, load_settings
+from billing_worker.domain.pricebook import PriceBook
 
 log = structlog.get_logger(__name__)
 
@@ -37,13 +38,33 @@ def build_parser() -> argparse.ArgumentParser:
         "namespaces and databases of the configured servers",
     )
     add_arguments(bench)
+    from billing_worker.entrypoints.operator import add_operator_commands  # noqa: PLC0415
+
+    add_operator_commands(commands)
     return parser
 
 
 def _run(settings: Settings) -> int:
     from billing_worker.entrypoints.worker import serve  # noqa: PLC0415 - keep --help fast
 
-    return _event_loop_run(serve(settings))
+    book = load_configured_pricebook(settings)
+    if book is None:
+        return 2
+    return _event_loop_run(serve(settings, book))
+
+
+def load_configured_pricebook(settings: Settings) -> PriceBook | None:
+    """The price book BILLING_PRICEBOOK names (or the built-in one); None after saying why."""
+    from billing_worker.adapters.pricebook_file import (  # noqa: PLC0415 - keep --help fast
+        PriceBookError,
+        load_pricebook,
+    )
+
+    try:
+        return load_pricebook(settings.pricebook)
+    except PriceBookError as exc:
+        sys.stderr.write(f"billing-worker: invalid price book (BILLING_PRICEBOOK): {exc}\n")
+        return None
 
 
 def _event_loop_run(main: Coroutine[Any, Any, int]) -> int:
@@ -81,10 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"billing-worker: invalid configuration: {exc}\n")
         return 2
-    # The bench prints its report on stdout; its logs must not mix in.
-    configure_logging(settings.log_level, sys.stderr if args.command == "bench" else sys.stdout)
+    # Commands that print a report keep their logs off stdout.
+    logs_to = sys.stdout if args.command in ("run", "migrate") else sys.stderr
+    configure_logging(settings.log_level, logs_to)
     if args.command == "run":
         return _run(settings)
     if args.command == "bench":
         return _bench(args, settings)
-    return _migrate(settings)
+    if args.command == "migrate":
+        return _migrate(settings)
+    from billing_worker.entrypoints.operator import run_operator_command  # noqa: PLC0415
+
+    return _event_loop_run(run_operator_command(args, settings))

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -22,16 +23,29 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from billing_worker import __version__
 from billing_worker.adapters.amqp.subscription import QueueSubscription
-from billing_worker.adapters.amqp.topology import declare_usage_topology
+from billing_worker.adapters.amqp.topology import (
+    declare_quota_check_queue,
+    declare_usage_topology,
+)
 from billing_worker.adapters.observability.http import HealthServer, Readiness, health_app
 from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.adapters.postgres.database import create_engine_for, prepare_database, redacted
+from billing_worker.adapters.postgres.pricebooks import (
+    PriceBookVersionConflict,
+    register_pricebook,
+)
+from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
 from billing_worker.bootstrap import Components, build_components, topology_for
 from billing_worker.config import Settings
+from billing_worker.domain.pricebook import PriceBook
+from billing_worker.service.accounts import expire_credits
 
 log = structlog.get_logger(__name__)
 
 PROBE_INTERVAL_SECONDS = 2.0
+QUOTA_CHECK_PREFETCH = 64
+LAST_RELAY_SECONDS = 5.0
+CREDIT_EXPIRY_INTERVAL_SECONDS = 60.0
 
 
 class StartupError(Exception):
@@ -41,8 +55,9 @@ class StartupError(Exception):
 class Worker:
     """One worker process's resources, started and stopped in a fixed order."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, book: PriceBook, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.book = book
         self.metrics = metrics or Metrics()
         self.readiness = Readiness()
         self.http: HealthServer | None = None
@@ -51,6 +66,7 @@ class Worker:
         self._components: Components | None = None
         self._probe: asyncio.Task[None] | None = None
         self._subscription: QueueSubscription | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
@@ -82,6 +98,10 @@ class Worker:
         db_url = s.database_url.get_secret_value()
         await self._within_startup_timeout("database", prepare_database, db_url)
         self._engine = create_engine_for(db_url, pool_size=s.db_pool_size)
+        try:
+            await register_pricebook(self._engine, self.book)
+        except PriceBookVersionConflict as exc:
+            raise StartupError(f"{exc} (BILLING_PRICEBOOK)") from exc
         self._connection = await self._connect_broker()
         consume_channel = await self._connection.channel(publisher_confirms=False)
         await consume_channel.set_qos(prefetch_count=s.effective_prefetch)
@@ -96,15 +116,24 @@ class Worker:
                 "with other arguments (a classic queue, say); delete it or set another "
                 "BILLING_NAMESPACE"
             ) from exc
+        quota_channel = await self._connection.channel(publisher_confirms=False)
+        await quota_channel.set_qos(prefetch_count=QUOTA_CHECK_PREFETCH)
+        quota_queue = await declare_quota_check_queue(quota_channel, topology_for(s))
         self._subscription = QueueSubscription(consume_channel, usage_queue.name)
         self._components = build_components(
             s,
+            book=self.book,
             engine=self._engine,
             usage_queue=self._subscription,
+            quota_queue=QueueSubscription(quota_channel, quota_queue.name),
+            reply_exchange=quota_channel.default_exchange,
             publish_channel=publish_channel,
             metrics=self.metrics,
         )
+        await self._components.relay.start()
         await self._components.usage_consumer.start()
+        await self._components.quota_check.start()
+        self._housekeeping = asyncio.create_task(self._expire_credits_forever(), name="credits")
         await self._check_dependencies()
         self._probe = asyncio.create_task(self._probe_forever(), name="dependency-probe")
         log.info(
@@ -116,6 +145,7 @@ class Worker:
             batch_size=s.batch_size,
             batch_max_wait_ms=s.batch_max_wait_ms,
             prefetch=s.effective_prefetch,
+            pricebook=self.book.version,
         )
 
     async def stop(self) -> bool:
@@ -126,9 +156,15 @@ class Worker:
         self.readiness.set("draining", False, "shutting down")
         drained = True
         if self._components is not None:
-            drained = await self._components.usage_consumer.stop(
-                self.settings.shutdown_grace_seconds
-            )
+            grace = self.settings.shutdown_grace_seconds
+            drained = await self._components.usage_consumer.stop(grace)
+            await self._components.quota_check.stop(grace)
+            await self._components.relay.stop()
+            await self._publish_last_events(self._components)
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -212,6 +248,32 @@ class Worker:
         note = "" if running and subscribed else ("not subscribed" if running else "not running")
         self.readiness.set("usage_consumer", running and subscribed, note)
 
+    async def _publish_last_events(self, components: Components) -> None:
+        """Publish what the drained batches wrote to the outbox, if the broker lets us."""
+        try:
+            async with asyncio.timeout(LAST_RELAY_SECONDS):
+                while await components.relay.relay_once():
+                    pass
+        except Exception as exc:  # noqa: BLE001 - whatever is left goes out after restart
+            log.warning("outbox_left_for_next_start", error=repr(exc))
+
+    async def _expire_credits_forever(self) -> None:
+        while True:
+            try:
+                expired = await expire_credits(
+                    lambda: PostgresUnitOfWork(self._engine_or_fail()), self.book, datetime.now(UTC)
+                )
+                if expired:
+                    log.info("credits_expired", grants=expired)
+            except Exception as exc:  # noqa: BLE001 - retried at the next sweep
+                log.warning("credit_expiry_failed", error=repr(exc))
+            await asyncio.sleep(CREDIT_EXPIRY_INTERVAL_SECONDS)
+
+    def _engine_or_fail(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("worker not started")
+        return self._engine
+
     async def _probe_forever(self) -> None:
         while True:
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
@@ -229,12 +291,12 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, book: PriceBook) -> int:
     """Run until SIGTERM or SIGINT (exit 0 after a clean drain), or until the consumer dies.
 
     A second signal during the drain exits at once; unacked deliveries are redelivered.
     """
-    worker = Worker(settings)
+    worker = Worker(settings, book)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

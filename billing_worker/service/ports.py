@@ -3,10 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
+from billing_worker.domain.credits import BurnResult, GrantBalance
+from billing_worker.domain.periods import BillingPeriod
+from billing_worker.domain.pricebook import CreditSource, PriceBook
+from billing_worker.domain.quotas import PeriodUsage, ThresholdCrossing
 from billing_worker.domain.usage import AggregateDelta, IdempotencyKey, LedgerEntry, UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    """A billing event to publish: its deterministic id, routing type, account, and the
+    whole CloudEvents envelope as JSON-ready data."""
+
+    event_id: str
+    event_type: str
+    subject: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaAlert:
+    """A threshold crossing and the event announcing it."""
+
+    crossing: ThresholdCrossing
+    event: OutgoingEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account as stored."""
+
+    account: str
+    plan: str
+    status: str
+    created_at: datetime
+    plan_changed_at: datetime | None
 
 
 class UsageStore(Protocol):
@@ -27,9 +64,101 @@ class UsageStore(Protocol):
         ...
 
     async def append_usage(
-        self, entries: Sequence[LedgerEntry], deltas: Sequence[AggregateDelta]
+        self,
+        entries: Sequence[LedgerEntry],
+        deltas: Sequence[AggregateDelta],
+        *,
+        book: PriceBook,
+    ) -> list[PeriodUsage]:
+        """Append ledger rows, fold ``deltas`` (sorted by key) into the running totals
+        (recording ``book``'s version), and return, with each account's plan, the new
+        totals that reach their plan's lowest alert level on a limited meter."""
+        ...
+
+
+class Outbox(Protocol):
+    """Events to publish, written in the transaction that caused them."""
+
+    async def add(self, events: Sequence[OutgoingEvent]) -> int:
+        """Write events (ids already present are skipped); return how many were new."""
+        ...
+
+    async def add_quota_alerts(self, alerts: Sequence[QuotaAlert]) -> int:
+        """Record crossings never announced before, with their events; return how many."""
+        ...
+
+
+class CreditStore(Protocol):
+    """Credit grants and the credit ledger."""
+
+    async def allocate_plan_grants(
+        self, needed: Sequence[tuple[str, BillingPeriod]], book: PriceBook
     ) -> None:
-        """Append ledger rows and add ``deltas`` (sorted by key) to the running totals."""
+        """Grant each (account, period) its plan's credits, once ever."""
+        ...
+
+    async def live_grants(self, accounts: Sequence[str], now: datetime) -> list[GrantBalance]:
+        """Unexpired grants with credits left, locked until the transaction ends."""
+        ...
+
+    async def record_burns(self, burn: BurnResult, pricebook_version: str) -> None:
+        """Append the burn's ledger entries and update the grants' balances."""
+        ...
+
+    async def add_grant(
+        self,
+        *,
+        account: str,
+        source: CreditSource,
+        amount: Decimal,
+        priority: int,
+        valid_from: datetime,
+        expires_at: datetime | None,
+        key: str,
+        note: str,
+        pricebook_version: str,
+    ) -> int | None:
+        """Add a grant with its ledger entry; ``None`` if ``key`` was granted before."""
+        ...
+
+    async def end_plan_grants(
+        self, account: str, period: BillingPeriod, now: datetime, pricebook_version: str
+    ) -> int:
+        """Expire what is left of the account's plan grants for ``period`` now."""
+        ...
+
+    async def expire_due(self, now: datetime, pricebook_version: str, limit: int = 1000) -> int:
+        """Write expiry entries for grants past expiry; return how many."""
+        ...
+
+
+class AccountStore(Protocol):
+    """Accounts, their plans, the account ledger and period totals."""
+
+    async def get(self, account: str, *, lock: bool = False) -> Account | None:
+        """The account or None; ``lock`` holds it until the transaction ends."""
+        ...
+
+    async def create(self, account: str, plan: str) -> None:
+        """Create the account on ``plan`` unless it exists."""
+        ...
+
+    async def set_plan(self, account: str, plan: str, status: str, at: datetime) -> None:
+        """Move the account to ``plan`` and ``status``."""
+        ...
+
+    async def append_entry(
+        self, account: str, kind: str, details: dict[str, Any], version: str, at: datetime
+    ) -> None:
+        """Append an account-ledger entry."""
+        ...
+
+    async def period_usage(self, account: str, period: BillingPeriod) -> dict[str, Decimal]:
+        """Every meter's total for the account in ``period``."""
+        ...
+
+    async def meter_usage(self, account: str, meter: str, period: BillingPeriod) -> Decimal:
+        """One meter's total in ``period`` (0 when none)."""
         ...
 
 
@@ -43,6 +172,21 @@ class UnitOfWork(Protocol):
     @property
     def usage(self) -> UsageStore:
         """The usage store bound to this transaction."""
+        ...
+
+    @property
+    def outbox(self) -> Outbox:
+        """The outbox bound to this transaction."""
+        ...
+
+    @property
+    def credits(self) -> CreditStore:
+        """Credit grants and ledger bound to this transaction."""
+        ...
+
+    @property
+    def accounts(self) -> AccountStore:
+        """Accounts bound to this transaction."""
         ...
 
     async def __aenter__(self) -> Self: ...

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
-from billing_worker.domain.meters import MeterCatalog
+from billing_worker.domain.credits import burn_credits, credit_charges
+from billing_worker.domain.pricebook import PriceBook
+from billing_worker.domain.quotas import crossed_thresholds
 from billing_worker.domain.usage import (
+    LedgerEntry,
     UsageOutcome,
     UsageRecord,
     aggregate_deltas,
@@ -13,21 +17,30 @@ from billing_worker.domain.usage import (
     first_occurrences,
     ledger_entries_for,
 )
-from billing_worker.service.ports import UnitOfWorkFactory
+from billing_worker.service.events import credit_alert, quota_alert
+from billing_worker.service.ports import UnitOfWork, UnitOfWorkFactory
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC."""
+    return datetime.now(UTC)
 
 
 async def record_usage_batch(
     uow_factory: UnitOfWorkFactory,
-    catalog: MeterCatalog,
+    book: PriceBook,
     records: Sequence[UsageRecord],
+    *,
+    clock: Callable[[], datetime] = utc_now,
 ) -> list[UsageOutcome]:
-    """Claim keys, append ledger rows for new events, update aggregates, commit.
+    """Claim keys, append ledger rows for new events, update aggregates, burn credits,
+    write the quota and credit events to the outbox, commit.
 
     Returns each record's outcome, aligned with ``records``.
 
-    Keys are claimed and aggregates updated in sorted order so that concurrent
-    replicas lock rows in the same order and cannot deadlock each other. Nothing
-    is visible to anyone until the commit; the caller acks only after this returns.
+    Keys are claimed, aggregates updated and grants locked in sorted order so that
+    concurrent replicas lock rows in the same order and cannot deadlock each other.
+    Nothing is visible to anyone until the commit; the caller acks only after this returns.
     """
     firsts = sorted(first_occurrences(records), key=lambda r: r.key)
     async with uow_factory() as uow:
@@ -35,9 +48,32 @@ async def record_usage_batch(
         unclaimed = [r.key for r in firsts if r.key not in claimed]
         stored = await uow.usage.stored_fingerprints(unclaimed) if unclaimed else {}
         new = [r for r in firsts if r.key in claimed]
-        entries = ledger_entries_for(new, catalog)
         if new:
-            await uow.usage.ensure_accounts(sorted({r.account for r in new}), catalog.default_plan)
-            await uow.usage.append_usage(entries, aggregate_deltas(entries))
+            await uow.usage.ensure_accounts(sorted({r.account for r in new}), book.default_plan)
+            entries = ledger_entries_for(new, book)
+            if entries:
+                await _apply(uow, book, entries, clock())
         await uow.commit()
     return classify(records, claimed=claimed, stored_fingerprints=stored)
+
+
+async def _apply(
+    uow: UnitOfWork, book: PriceBook, entries: Sequence[LedgerEntry], now: datetime
+) -> None:
+    """The effects of new ledger entries: totals, quota alerts, credit burns."""
+    usages = await uow.usage.append_usage(entries, aggregate_deltas(entries), book=book)
+    crossings = crossed_thresholds(book, usages)
+    if crossings:
+        await uow.outbox.add_quota_alerts([quota_alert(c, now) for c in crossings])
+    charges = credit_charges(entries, book)
+    if not charges:
+        return
+    # Plan grants of periods already over are not allocated: late usage for them burns
+    # purchased or promotional credits, or is a shortfall.
+    needed = sorted({(c.account, c.period) for c in charges if c.period.end > now})
+    await uow.credits.allocate_plan_grants(needed, book)
+    grants = await uow.credits.live_grants(sorted({c.account for c in charges}), now)
+    burn = burn_credits(grants, charges, low_balance=book.credits_low_balance)
+    await uow.credits.record_burns(burn, book.version)
+    if burn.alerts:
+        await uow.outbox.add([credit_alert(a, now) for a in burn.alerts])

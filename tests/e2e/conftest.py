@@ -18,6 +18,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from billing_worker.adapters.pricebook_file import load_pricebook
 from billing_worker.bench.worker_process import spawn_worker
 from billing_worker.config import Settings
 from billing_worker.entrypoints.worker import Worker
@@ -149,7 +150,8 @@ async def start_worker(database_url: str, namespace: str) -> AsyncIterator[Start
     started: list[Worker] = []
 
     async def start(**overrides: Any) -> Worker:
-        worker = Worker(worker_settings(database_url, namespace, **overrides))
+        settings = worker_settings(database_url, namespace, **overrides)
+        worker = Worker(settings, load_pricebook(settings.pricebook))
         started.append(worker)
         await worker.start()
         return worker

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing_worker.adapters.postgres.database import create_engine_for
 from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
 from billing_worker.domain.errors import TransientError, UnprocessableEvent
-from billing_worker.domain.meters import LAUNCH_CATALOG
 from billing_worker.domain.usage import UsageOutcome, UsageRecord
 from billing_worker.service.record_usage import record_usage_batch
 from tests.ledger_checks import aggregates_match_ledger
+from tests.pricebooks import DEFAULT_BOOK
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
@@ -47,7 +47,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def record(engine: AsyncEngine, records: list[UsageRecord]) -> list[UsageOutcome]:
-    return await record_usage_batch(lambda: PostgresUnitOfWork(engine), LAUNCH_CATALOG, records)
+    return await record_usage_batch(lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, records)
 
 
 class TestRecordUsageBatch:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from billing_worker.config import ConfigError, load_settings
@@ -72,11 +74,11 @@ class TestSettings:
         assert "hunter2" not in text
         assert "whsec_topsecret" not in text
 
-    def test_price_book_file_refused_until_supported(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Setting BILLING_PRICEBOOK is refused loudly rather than silently ignored."""
-        monkeypatch.setenv("BILLING_PRICEBOOK", "/etc/prices.toml")
-        with pytest.raises(ConfigError, match="BILLING_PRICEBOOK"):
-            load_settings()
+    def test_price_book_path_is_read(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """BILLING_PRICEBOOK is taken as a path; unset means the built-in price book."""
+        assert load_settings().pricebook is None
+        monkeypatch.setenv("BILLING_PRICEBOOK", "prices/acme.toml")
+        assert load_settings().pricebook == Path("prices/acme.toml")
 
 
 def test_cli_exits_2_with_the_variable_on_bad_config(

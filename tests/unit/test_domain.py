@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 import billing_worker.domain
 from billing_worker.domain.errors import EventTimeInFuture, UnknownEventType
-from billing_worker.domain.meters import LAUNCH_CATALOG, MeterCatalog
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from billing_worker.domain.usage import (
     UsageOutcome,
@@ -25,6 +24,7 @@ from billing_worker.domain.usage import (
     first_occurrences,
     ledger_entries_for,
 )
+from tests.pricebooks import DEFAULT_BOOK, FEATURES_BOOK
 
 T0 = datetime(2026, 11, 21, 10, 15, tzinfo=UTC)
 aware_datetimes = st.datetimes(
@@ -164,10 +164,10 @@ class TestLedgerAndAggregates:
     def test_unknown_event_type(self) -> None:
         """An event type that feeds no meter is a permanent error with its own reason."""
         with pytest.raises(UnknownEventType) as caught:
-            LAUNCH_CATALOG.meters_for("chat.emojis")
+            DEFAULT_BOOK.feeds("chat.emojis", Decimal(1), {})
         assert caught.value.reason == "unknown_event_type"
 
-    def test_launch_catalog_covers_contract_event_types(self) -> None:
+    def test_default_book_covers_contract_event_types(self) -> None:
         """Every launch event type of CONTRACTS.md feeds a meter; chat.tokens feeds tokens."""
         launch = {
             "generator.website_generated",
@@ -178,14 +178,18 @@ class TestLedgerAndAggregates:
             "storage.gb_month",
             "ai.inference",
         }
-        assert set(LAUNCH_CATALOG.meters_by_event_type) == launch
-        assert LAUNCH_CATALOG.meters_for("chat.tokens") == ("tokens",)
+        assert set(DEFAULT_BOOK.event_types) == launch
+        feeds = DEFAULT_BOOK.feeds("chat.tokens", Decimal(7), {"model": "gpt-4"})
+        assert [(f.meter.name, f.value) for f in feeds] == [("tokens", Decimal(7))]
 
     def test_event_feeding_two_meters_gives_two_entries(self) -> None:
-        """One ledger entry per meter an event feeds."""
-        catalog = MeterCatalog({"chat.tokens": ("tokens", "requests")})
-        entries = ledger_entries_for([record()], catalog)
-        assert [e.meter for e in entries] == ["tokens", "requests"]
+        """One ledger entry per meter an event feeds (filters and aggregations applied)."""
+        entries = ledger_entries_for([record()], FEATURES_BOOK)
+        assert [(e.meter, e.quantity) for e in entries] == [
+            ("tokens", Decimal(10)),
+            ("gpt4_tokens", Decimal(10)),
+            ("requests", Decimal(1)),
+        ]
         assert all(e.period == calendar_month_of(T0) for e in entries)
 
     @given(
@@ -206,7 +210,7 @@ class TestLedgerAndAggregates:
             record(f"e{i}", account=a, quantity=q, occurred_at=t)
             for i, (a, q, t) in enumerate(rows)
         ]
-        entries = ledger_entries_for(records, LAUNCH_CATALOG)
+        entries = ledger_entries_for(records, DEFAULT_BOOK)
         deltas = aggregate_deltas(entries)
         keys = [(d.account, d.meter, d.period) for d in deltas]
         assert keys == sorted(keys)

@@ -11,8 +11,8 @@ import pytest
 from billing_worker.adapters.amqp.delivery import Delivery
 from billing_worker.consumers.usage import MAX_BODY_BYTES, UsageConsumer
 from billing_worker.domain.errors import PermanentError
-from billing_worker.domain.meters import LAUNCH_CATALOG
 from tests.fakes import FakeChannel, FakeMessage, usage_body
+from tests.pricebooks import DEFAULT_BOOK
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -24,7 +24,7 @@ def unused_uow() -> Any:
 @pytest.fixture
 def consumer() -> UsageConsumer:
     return UsageConsumer(
-        unused_uow, LAUNCH_CATALOG, max_clock_skew=timedelta(minutes=5), clock=lambda: NOW
+        unused_uow, DEFAULT_BOOK, max_clock_skew=timedelta(minutes=5), clock=lambda: NOW
     )
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aio_pika
+import orjson
 import structlog
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from prometheus_client import Counter
 
+from billing_worker.adapters.amqp.billing_events import billing_event_message
 from billing_worker.adapters.amqp.delivery import Delivery
+from billing_worker.service.ports import OutgoingEvent
 
 log = structlog.get_logger(__name__)
 
@@ -29,16 +33,39 @@ class DeadLetter:
     detail: str
 
 
+RejectionNotice = Callable[[str, DeadLetter], OutgoingEvent]
+"""Builds the billing event announcing a rejection (``usage.rejected``) for a queue."""
+
+
 class DeadLetterPublisher:
     """Copies rejected deliveries into ``<queue>.dlq`` on a confirming channel.
 
     Publishes go out concurrently but at most ``window`` at a time: thousands of
     unconfirmed publishes at once are slower than a modest window.
+
+    For queues with a ``notices`` builder, each dead letter is also announced on the
+    billing-events exchange (``usage.rejected``), confirmed like the dead letter itself:
+    a letter counts as sent only when both are confirmed, else the original goes back to
+    its queue and comes round again (the notice's id is the same each time). The notice
+    is published directly rather than through the outbox, so rejecting bad input never
+    depends on the database being up.
     """
 
-    def __init__(self, channel: AbstractChannel, *, window: int = 128) -> None:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        *,
+        window: int = 128,
+        events_exchange: str | None = None,
+        notices: Mapping[str, RejectionNotice] | None = None,
+        published: Counter | None = None,
+    ) -> None:
         self._channel = channel
         self._window = asyncio.Semaphore(window)
+        self._events_exchange_name = events_exchange
+        self._events_exchange: AbstractExchange | None = None
+        self._notices = dict(notices or {})
+        self._published = published
 
     async def publish(self, queue: str, letters: Sequence[DeadLetter]) -> list[bool]:
         """Dead-letter each of ``letters``; return, aligned, whether the broker confirmed it."""
@@ -87,3 +114,18 @@ class DeadLetterPublisher:
         )
         async with self._window:
             await self._channel.default_exchange.publish(message, routing_key=dlq, mandatory=True)
+            notice = self._notices.get(queue)
+            if notice is not None and self._events_exchange_name is not None:
+                await self._announce(self._events_exchange_name, notice(queue, letter))
+
+    async def _announce(self, exchange_name: str, event: OutgoingEvent) -> None:
+        if self._events_exchange is None:
+            self._events_exchange = await self._channel.get_exchange(exchange_name, ensure=False)
+        body = orjson.dumps(event.payload)
+        await self._events_exchange.publish(
+            billing_event_message(event.event_id, event.event_type, body),
+            routing_key=event.event_type,
+            mandatory=False,  # no subscriber yet is not a failure
+        )
+        if self._published is not None:
+            self._published.labels(type=event.event_type).inc()

@@ -114,6 +114,11 @@ class AmqpDelivery:
         return self._properties.timestamp
 
     @property
+    def reply_to(self) -> str | None:
+        """The ``reply_to`` property (request/reply)."""
+        return self._properties.reply_to
+
+    @property
     def type(self) -> str | None:
         """The ``type`` property."""
         return self._properties.message_type

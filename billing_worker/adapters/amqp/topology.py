@@ -36,6 +36,11 @@ class Topology:
         """Topic exchange the worker publishes billing events to."""
         return self.name("billing.events")
 
+    @property
+    def quota_check_queue(self) -> str:
+        """Queue of quota-check requests (producers publish to the default exchange)."""
+        return self.name("billing.quota.check")
+
     @staticmethod
     def dead_letter_queue(queue: str) -> str:
         """The dead-letter queue of ``queue``."""
@@ -83,4 +88,17 @@ async def declare_usage_topology(channel: AbstractChannel, topology: Topology) -
         exchange=topology.usage_exchange,
         binding_key=USAGE_BINDING_KEY,
         exchange_type=aio_pika.ExchangeType.TOPIC,
+    )
+
+
+QUOTA_CHECK_TTL_MS = 60_000
+"""A quota check nobody answered within a minute has a caller that gave up waiting."""
+
+
+async def declare_quota_check_queue(channel: AbstractChannel, topology: Topology) -> AbstractQueue:
+    """Declare the quota-check request queue (quorum; stale requests expire)."""
+    return await channel.declare_queue(
+        topology.quota_check_queue,
+        durable=True,
+        arguments={"x-queue-type": "quorum", "x-message-ttl": QUOTA_CHECK_TTL_MS},
     )

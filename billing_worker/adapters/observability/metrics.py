@@ -70,6 +70,23 @@ class Metrics:
         self.outbox_pending = Gauge(
             "billing_outbox_pending", "Outbox rows not yet published.", registry=r
         )
+        self.outbox_oldest_age = Gauge(
+            "billing_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when none): the outbox lag.",
+            registry=r,
+        )
+        self.quota_checks = Counter(
+            "billing_quota_checks_total",
+            "Quota checks answered, by answer (allowed, denied, error).",
+            ["answer"],
+            registry=r,
+        )
+        self.quota_check_duration = Histogram(
+            "billing_quota_check_duration_seconds",
+            "Time from taking a quota check off the queue to publishing its reply.",
+            buckets=BATCH_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.outbox_published = Counter(
             "billing_outbox_published_total", "Billing events published.", ["type"], registry=r
         )

@@ -9,7 +9,7 @@ core. Decimals and timestamps travel as strings and are parsed exactly by Postgr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Self
@@ -19,8 +19,13 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from billing_worker.adapters.postgres.account_store import PostgresAccounts
+from billing_worker.adapters.postgres.credit_store import PostgresCredits
 from billing_worker.adapters.postgres.errors import translate
+from billing_worker.adapters.postgres.outbox_store import PostgresOutbox
 from billing_worker.domain.errors import TransientError
+from billing_worker.domain.pricebook import AGGREGATIONS_THAT_ADD, PriceBook
+from billing_worker.domain.quotas import PeriodUsage
 from billing_worker.domain.usage import AggregateDelta, IdempotencyKey, LedgerEntry, UsageRecord
 
 # ORDER BY keeps the lock order fixed across replicas, so they cannot deadlock.
@@ -48,26 +53,61 @@ ENSURE_ACCOUNTS = text("""
 """)
 
 # The ledger rows and their effect on the running totals go in one statement (a
-# data-modifying CTE always runs to completion): one round trip fewer per batch.
+# data-modifying CTE always runs to completion): one round trip per batch. Distinct
+# values of unique_count meters are claimed first; a total counts only the new ones.
+# The statement returns, with each account's plan, the new totals that reach the lowest
+# alert level of the plan's limit on that meter: the only ones a threshold can be crossed
+# for (an account on a plan the book no longer has is held to the default plan).
 APPEND_USAGE = text("""
     WITH ledger AS (
         INSERT INTO usage_ledger (account_id, meter, quantity, event_source, event_id,
-                                  event_type, occurred_at, period_start, period_end, dimensions)
-        SELECT e.a, e.m, e.q, e.s, e.i, e.t, e.o, e.ps, e.pe, e.d
+                                  event_type, occurred_at, period_start, period_end,
+                                  dimensions, pricebook_version)
+        SELECT e.a, e.m, e.q, e.s, e.i, e.t, e.o, e.ps, e.pe, e.d, :version
         FROM json_to_recordset(CAST(:entries AS json)) AS e(
             a text, m text, q numeric, s text, i text, t text,
             o timestamptz, ps timestamptz, pe timestamptz, d jsonb)
+    ), fresh AS (
+        INSERT INTO meter_unique_values (account_id, meter, period_start, value)
+        SELECT u.a, u.m, u.ps, u.v
+        FROM json_to_recordset(CAST(:unique AS json)) AS u(a text, m text, ps timestamptz, v text)
+        ORDER BY 1, 2, 3, 4
+        ON CONFLICT DO NOTHING
+        RETURNING account_id, meter, period_start
+    ), fresh_counts AS (
+        SELECT account_id, meter, period_start, count(*) AS n FROM fresh GROUP BY 1, 2, 3
+    ), totals AS (
+        INSERT INTO usage_aggregates AS agg (account_id, meter, period_start, period_end,
+                                             quantity, event_count, aggregation, latest_at)
+        SELECT d.a, d.m, d.ps, d.pe,
+               CASE WHEN d.g = 'unique_count' THEN coalesce(f.n, 0) ELSE d.q END,
+               d.n, d.g, d.l
+        FROM json_to_recordset(CAST(:deltas AS json)) AS d(
+            a text, m text, ps timestamptz, pe timestamptz, q numeric, n bigint,
+            g text, l timestamptz)
+        LEFT JOIN fresh_counts AS f
+          ON f.account_id = d.a AND f.meter = d.m AND f.period_start = d.ps
+        ORDER BY d.a, d.m, d.ps
+        ON CONFLICT (account_id, meter, period_start) DO UPDATE
+           SET quantity = CASE agg.aggregation
+                   WHEN 'max' THEN greatest(agg.quantity, EXCLUDED.quantity)
+                   WHEN 'latest' THEN CASE WHEN EXCLUDED.latest_at >= agg.latest_at
+                                           THEN EXCLUDED.quantity ELSE agg.quantity END
+                   ELSE agg.quantity + EXCLUDED.quantity END,
+               latest_at = greatest(agg.latest_at, EXCLUDED.latest_at),
+               event_count = agg.event_count + EXCLUDED.event_count,
+               updated_at = now()
+        RETURNING account_id, meter, period_start, quantity
+    ), levels AS (
+        SELECT * FROM json_to_recordset(CAST(:levels AS json)) AS lv(p text, m text, l numeric)
     )
-    INSERT INTO usage_aggregates AS agg (account_id, meter, period_start, period_end,
-                                         quantity, event_count)
-    SELECT d.a, d.m, d.ps, d.pe, d.q, d.n
-    FROM json_to_recordset(CAST(:deltas AS json)) AS d(
-        a text, m text, ps timestamptz, pe timestamptz, q numeric, n bigint)
-    ORDER BY d.a, d.m, d.ps
-    ON CONFLICT (account_id, meter, period_start) DO UPDATE
-       SET quantity = agg.quantity + EXCLUDED.quantity,
-           event_count = agg.event_count + EXCLUDED.event_count,
-           updated_at = now()
+    SELECT t.account_id, t.meter, t.period_start, t.quantity, a.plan
+    FROM totals AS t
+    JOIN accounts AS a USING (account_id)
+    JOIN levels AS lv
+      ON lv.m = t.meter
+     AND lv.p = coalesce((SELECT p FROM levels WHERE p = a.plan LIMIT 1), :default_plan)
+    WHERE t.quantity >= lv.l
 """)
 
 KNOWN_ACCOUNTS_LIMIT = 200_000
@@ -135,9 +175,17 @@ class PostgresUsageStore:
             self.created_accounts.extend(unknown)
 
     async def append_usage(
-        self, entries: Sequence[LedgerEntry], deltas: Sequence[AggregateDelta]
-    ) -> None:
-        """Append ledger rows and add their deltas to the totals, in one statement."""
+        self,
+        entries: Sequence[LedgerEntry],
+        deltas: Sequence[AggregateDelta],
+        *,
+        book: PriceBook,
+    ) -> list[PeriodUsage]:
+        """Append ledger rows and fold their deltas into the totals, in one statement.
+
+        Returns the new totals that reach their plan's lowest alert level, with each
+        account's plan; ``previous`` is known for totals that add up (sum, count).
+        """
         iso = _IsoCache()
         ledger = [
             {
@@ -162,10 +210,56 @@ class PostgresUsageStore:
                 "pe": iso(d.period.end),
                 "q": str(d.quantity),
                 "n": d.event_count,
+                "g": d.aggregation.value,
+                "l": d.latest_at.isoformat() if d.latest_at is not None else None,
             }
             for d in deltas
         ]
-        await self._conn.execute(APPEND_USAGE, {"entries": _json(ledger), "deltas": _json(totals)})
+        unique = [
+            {"a": d.account, "m": d.meter, "ps": iso(d.period.start), "v": value}
+            for d in deltas
+            for value in d.unique_values
+        ]
+        result = await self._conn.execute(
+            APPEND_USAGE,
+            {
+                "entries": _json(ledger),
+                "deltas": _json(totals),
+                "unique": _json(unique),
+                "version": book.version,
+                "levels": _alert_levels(book),
+                "default_plan": book.default_plan,
+            },
+        )
+        added = {
+            (d.account, d.meter, d.period.start): d.quantity
+            for d in deltas
+            if d.aggregation in AGGREGATIONS_THAT_ADD
+        }
+        periods = {(d.account, d.meter, d.period.start): d.period for d in deltas}
+        usages = []
+        for account, meter, period_start, quantity, plan in result:
+            key = (account, meter, period_start)
+            delta = added.get(key)
+            usages.append(
+                PeriodUsage(
+                    account=account,
+                    meter=meter,
+                    period=periods[key],
+                    plan=plan,
+                    used=quantity,
+                    previous=quantity - delta if delta is not None else None,
+                )
+            )
+        return usages
+
+
+def _alert_levels(book: PriceBook) -> str:
+    rows = [
+        {"p": plan, "m": meter, "l": str(level)}
+        for (plan, meter), level in book.alert_levels.items()
+    ]
+    return _json(rows)
 
 
 class _IsoCache(dict[datetime, str]):
@@ -181,12 +275,22 @@ class _IsoCache(dict[datetime, str]):
 class PostgresUnitOfWork:
     """One transaction on a pooled connection; driver errors leave it translated."""
 
-    def __init__(self, engine: AsyncEngine, known_accounts: KnownAccounts | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        known_accounts: KnownAccounts | None = None,
+        *,
+        on_outbox_written: Callable[[], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._known = known_accounts if known_accounts is not None else KnownAccounts()
+        self._on_outbox_written = on_outbox_written
         self._conn: AsyncConnection | None = None
         self._tx: AsyncTransaction | None = None
         self._usage: PostgresUsageStore | None = None
+        self._outbox: PostgresOutbox | None = None
+        self._credits: PostgresCredits | None = None
+        self._accounts: PostgresAccounts | None = None
 
     @property
     def usage(self) -> PostgresUsageStore:
@@ -194,6 +298,27 @@ class PostgresUnitOfWork:
         if self._usage is None:
             raise RuntimeError("unit of work is not open")
         return self._usage
+
+    @property
+    def outbox(self) -> PostgresOutbox:
+        """The outbox bound to this transaction."""
+        if self._outbox is None:
+            raise RuntimeError("unit of work is not open")
+        return self._outbox
+
+    @property
+    def credits(self) -> PostgresCredits:
+        """Credit grants and ledger bound to this transaction."""
+        if self._credits is None:
+            raise RuntimeError("unit of work is not open")
+        return self._credits
+
+    @property
+    def accounts(self) -> PostgresAccounts:
+        """Accounts bound to this transaction."""
+        if self._accounts is None:
+            raise RuntimeError("unit of work is not open")
+        return self._accounts
 
     async def __aenter__(self) -> Self:
         try:
@@ -203,6 +328,9 @@ class PostgresUnitOfWork:
             await self._close()
             raise _translated(exc) from exc
         self._usage = PostgresUsageStore(self._conn, self._known)
+        self._outbox = PostgresOutbox(self._conn)
+        self._credits = PostgresCredits(self._conn)
+        self._accounts = PostgresAccounts(self._conn)
         return self
 
     async def __aexit__(
@@ -229,6 +357,8 @@ class PostgresUnitOfWork:
         self._tx = None
         if self._usage is not None:
             self._known.add(self._usage.created_accounts)
+        if self._outbox is not None and self._outbox.written and self._on_outbox_written:
+            self._on_outbox_written()
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None

@@ -1,0 +1,131 @@
+"""Publishing billing events: the outbox relay, and the one message shape they share.
+
+The relay takes the oldest unpublished outbox rows (locked, so replicas share the work
+without publishing the same row at once), publishes them to ``billing.events`` with
+publisher confirms, and marks them published in the same transaction. A crash between the
+confirm and the mark publishes those rows again after restart: the same ids, the same
+bodies, which subscribers drop by id. It wakes as soon as a transaction wrote outbox rows
+(``wake()``), and polls every few seconds for rows written by other replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from billing_worker.adapters.observability.metrics import Metrics
+from billing_worker.adapters.postgres.outbox_store import (
+    PendingEvent,
+    backlog,
+    lock_pending,
+    mark_published,
+)
+
+log = structlog.get_logger(__name__)
+
+APP_ID = "billing-worker"
+
+
+def billing_event_message(event_id: str, event_type: str, body: bytes) -> aio_pika.Message:
+    """A persistent JSON message carrying one CloudEvents envelope."""
+    return aio_pika.Message(
+        body=body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=event_id,
+        type=event_type,
+        app_id=APP_ID,
+    )
+
+
+class OutboxRelay:
+    """Publishes outbox rows with confirms, then marks them; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        channel: AbstractChannel,
+        exchange_name: str,
+        metrics: Metrics,
+        *,
+        batch_size: int = 200,
+        poll_interval: float = 2.0,
+        retry_pause: float = 1.0,
+    ) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._exchange_name = exchange_name
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._retry_pause = retry_pause
+        self._exchange: AbstractExchange | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """New rows were committed: publish them now rather than at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start relaying in the background."""
+        self._exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        """Stop after the round in progress (rows it did not mark are published again)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                published = await self.relay_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
+                log.warning("outbox_relay_failed", error=repr(exc))
+                await asyncio.sleep(self._retry_pause)
+                continue
+            if published >= self._batch_size:
+                continue  # more are waiting
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+
+    async def relay_once(self) -> int:
+        """Publish one round of pending rows; return how many were published and marked."""
+        async with self._engine.connect() as conn, conn.begin():
+            pending = await lock_pending(conn, self._batch_size)
+            if pending:
+                await self._publish(pending)
+                await mark_published(conn, [p.outbox_id for p in pending])
+            count, age = await backlog(conn)
+        self._metrics.outbox_pending.set(count)
+        self._metrics.outbox_oldest_age.set(age)
+        for event in pending:
+            self._metrics.outbox_published.labels(type=event.event_type).inc()
+        return len(pending)
+
+    async def _publish(self, pending: list[PendingEvent]) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            raise RuntimeError("relay not started")
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    billing_event_message(p.event_id, p.event_type, p.body),
+                    routing_key=p.event_type,
+                    mandatory=False,  # an event nobody subscribes to yet is still published
+                )
+                for p in pending
+            )
+        )

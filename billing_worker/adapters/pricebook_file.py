@@ -1,0 +1,506 @@
+"""Read a price book from TOML (standard-library ``tomllib``) and validate every key.
+
+A broken file fails with the file, the dotted key and what is wrong::
+
+    pricebook.toml: plans.PLUS.meters.tokens.limit: must be a non-negative number, not 'lots'
+
+Numbers are read exactly: TOML floats are parsed as ``Decimal``, and decimal strings
+(``"0.002"``) are accepted wherever a number is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from billing_worker.domain.pricebook import (
+    DEFAULT_GRANT_PRIORITY,
+    DEFAULT_THRESHOLDS,
+    ZERO,
+    Aggregation,
+    CreditProduct,
+    CreditSource,
+    Enforcement,
+    Free,
+    Graduated,
+    Interval,
+    Meter,
+    MeterPrice,
+    Package,
+    PerUnit,
+    Plan,
+    PlanMeter,
+    PriceBook,
+    PriceModel,
+    StripePrice,
+    Tier,
+    Volume,
+)
+
+DEFAULT_PRICEBOOK_NAME = "default.toml"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+CURRENCY = re.compile(r"^[a-z]{3}$")
+LATE_EVENT_POLICIES = ("next_invoice", "reject")
+
+T = TypeVar("T")
+
+
+class PriceBookError(Exception):
+    """The price book is invalid: ``file: key: what is wrong``."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file, self.key, self.problem = file, key, problem
+        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
+
+
+def default_pricebook_text() -> str:
+    """The built-in price book's TOML source."""
+    return (
+        resources.files("billing_worker.pricebooks")
+        .joinpath(DEFAULT_PRICEBOOK_NAME)
+        .read_text(encoding="utf-8")
+    )
+
+
+def load_pricebook(path: Path | None) -> PriceBook:
+    """The price book at ``path``, or the built-in default when ``path`` is None."""
+    if path is None:
+        return parse_pricebook(default_pricebook_text(), f"(built-in {DEFAULT_PRICEBOOK_NAME})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PriceBookError(str(path), "", f"cannot be read: {exc}") from exc
+    return parse_pricebook(text, str(path))
+
+
+def parse_pricebook(text: str, file: str = "pricebook.toml") -> PriceBook:
+    """Parse and validate; raise ``PriceBookError`` at the first problem."""
+    try:
+        raw = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise PriceBookError(file, "", f"is not valid TOML: {exc}") from exc
+    book = _Reader(file).book(raw)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return dataclasses.replace(book, digest=digest, source=text)
+
+
+class _Reader:
+    """Walks the parsed TOML, tracking the dotted key for error messages."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, key: str, problem: str) -> PriceBookError:
+        return PriceBookError(self.file, key, problem)
+
+    # --- primitives ---------------------------------------------------------------------
+
+    def table(self, value: object, key: str) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a table, not {_shown(value)}")
+        return value
+
+    def only(self, table: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
+        unknown = sorted(set(table) - set(allowed))
+        if unknown:
+            where = f"{key}.{unknown[0]}" if key else unknown[0]
+            raise self.fail(where, f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def required(self, table: Mapping[str, Any], key: str, name: str) -> Any:
+        if name not in table:
+            raise self.fail(_join(key, name), "is required")
+        return table[name]
+
+    def string(self, value: object, key: str, pattern: re.Pattern[str] | None = None) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"must be a non-empty string, not {_shown(value)}")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(key, f"{value!r} does not match {pattern.pattern}")
+        return value
+
+    def number(self, value: object, key: str, *, positive: bool = False) -> Decimal:
+        what = "a positive number" if positive else "a non-negative number"
+        if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
+            raise self.fail(key, f"must be {what}, not {_shown(value)}")
+        try:
+            number = Decimal(value) if not isinstance(value, Decimal) else value
+        except InvalidOperation:
+            raise self.fail(key, f"must be {what}, not {_shown(value)}") from None
+        if not number.is_finite() or number < 0 or (positive and number == 0):
+            raise self.fail(key, f"must be {what}, not {_shown(value)}")
+        return number
+
+    def integer(self, value: object, key: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(
+                key, f"must be a whole number from {low} to {high}, not {_shown(value)}"
+            )
+        return value
+
+    def choice(self, value: object, key: str, choices: type[T] | tuple[str, ...]) -> Any:
+        options = tuple(choices) if isinstance(choices, tuple) else tuple(c.value for c in choices)  # type: ignore[attr-defined]
+        if value not in options:
+            raise self.fail(key, f"must be one of {', '.join(options)}, not {_shown(value)}")
+        return value if isinstance(choices, tuple) else choices(value)  # type: ignore[call-arg]
+
+    def named_tables(
+        self, value: object, key: str, build: Callable[[str, Mapping[str, Any], str], T]
+    ) -> Mapping[str, T]:
+        tables = self.table(value, key)
+        built = {}
+        for name, sub in tables.items():
+            sub_key = _join(key, name)
+            self.string(name, sub_key, NAME)
+            built[name] = build(name, self.table(sub, sub_key), sub_key)
+        return MappingProxyType(built)
+
+    # --- the document -------------------------------------------------------------------
+
+    def book(self, raw: Mapping[str, Any]) -> PriceBook:
+        self.only(
+            raw,
+            "",
+            (
+                "version",
+                "currency",
+                "default_plan",
+                "credits",
+                "meters",
+                "plans",
+                "prices",
+                "credit_costs",
+                "credit_products",
+                "stripe_prices",
+            ),
+        )
+        version = self.string(self.required(raw, "", "version"), "version", NAME)
+        currency = self.string(raw.get("currency", "usd"), "currency", CURRENCY)
+        meters = self.named_tables(self.required(raw, "", "meters"), "meters", self.meter)
+        if not meters:
+            raise self.fail("meters", "must define at least one meter")
+        self._meters = meters
+        self._currency = currency
+        plans = self.named_tables(self.required(raw, "", "plans"), "plans", self.plan)
+        if not plans:
+            raise self.fail("plans", "must define at least one plan")
+        default_plan = self.string(self.required(raw, "", "default_plan"), "default_plan")
+        if default_plan not in plans:
+            raise self.fail("default_plan", f"{default_plan!r} is not a plan in [plans]")
+        prices = self.named_tables(raw.get("prices", {}), "prices", self.price)
+        self.check_meters_known(prices, "prices")
+        self.check_included_vs_dimensions(plans, prices)
+        costs_table = self.table(raw.get("credit_costs", {}), "credit_costs")
+        costs = {
+            meter: self.number(cost, f"credit_costs.{meter}") for meter, cost in costs_table.items()
+        }
+        self.check_meters_known(costs, "credit_costs")
+        credit_terms = self.table(raw.get("credits", {}), "credits")
+        self.only(credit_terms, "credits", ("low_balance",))
+        low = self.number(credit_terms.get("low_balance", 0), "credits.low_balance")
+        products = self.named_tables(
+            raw.get("credit_products", {}), "credit_products", self.credit_product
+        )
+        stripe = self.stripe_prices(raw.get("stripe_prices", {}), plans, products)
+        return PriceBook(
+            version=version,
+            currency=currency,
+            default_plan=default_plan,
+            meters=meters,
+            plans=plans,
+            prices=prices,
+            credit_costs=MappingProxyType(costs),
+            credit_products=products,
+            stripe_prices=stripe,
+            credits_low_balance=low,
+        )
+
+    def check_meters_known(self, by_meter: Mapping[str, object], section: str) -> None:
+        for meter in by_meter:
+            if meter not in self._meters:
+                raise self.fail(f"{section}.{meter}", "names no meter defined in [meters]")
+
+    def check_included_vs_dimensions(
+        self, plans: Mapping[str, Plan], prices: Mapping[str, MeterPrice]
+    ) -> None:
+        for plan in plans.values():
+            for meter, terms in plan.meters.items():
+                price = prices.get(meter)
+                if terms.included > 0 and price is not None and price.dimension is not None:
+                    raise self.fail(
+                        f"plans.{plan.name}.meters.{meter}.included",
+                        f"cannot be combined with the per-{price.dimension} prices of "
+                        f"prices.{meter} (which {price.dimension} would it cover?)",
+                    )
+
+    def meter(self, name: str, table: Mapping[str, Any], key: str) -> Meter:
+        self.only(
+            table, key, ("event_types", "aggregation", "value", "filters", "unit", "late_events")
+        )
+        types = self.required(table, key, "event_types")
+        if not isinstance(types, list) or not types:
+            raise self.fail(f"{key}.event_types", "must be a non-empty list of event types")
+        event_types = tuple(
+            self.string(t, f"{key}.event_types[{i}]", NAME) for i, t in enumerate(types)
+        )
+        aggregation = self.choice(
+            table.get("aggregation", "sum"), f"{key}.aggregation", Aggregation
+        )
+        value = table.get("value", "quantity")
+        value_field = self.string(value, f"{key}.value")
+        if value_field.startswith("data."):
+            value_field = value_field.removeprefix("data.")
+        field: str | None = None if value_field == "quantity" else value_field
+        if aggregation is Aggregation.UNIQUE_COUNT and field is None:
+            raise self.fail(
+                f"{key}.value", "a unique_count meter must name the data field it counts"
+            )
+        filters = self.table(table.get("filters", {}), f"{key}.filters")
+        for dim, wanted in filters.items():
+            if not isinstance(wanted, (str, int, bool)) or isinstance(wanted, Decimal):
+                raise self.fail(
+                    f"{key}.filters.{dim}",
+                    f"must be a string, integer or boolean, not {_shown(wanted)}",
+                )
+        unit = self.string(table.get("unit", "unit"), f"{key}.unit")
+        late = self.choice(
+            table.get("late_events", "next_invoice"), f"{key}.late_events", LATE_EVENT_POLICIES
+        )
+        return Meter(
+            name=name,
+            event_types=event_types,
+            aggregation=aggregation,
+            value_field=field,
+            filters=MappingProxyType(dict(filters)),
+            unit=unit,
+            late_events=late,
+        )
+
+    def plan(self, name: str, table: Mapping[str, Any], key: str) -> Plan:
+        self.only(
+            table,
+            key,
+            (
+                "price",
+                "currency",
+                "interval",
+                "meters",
+                "thresholds",
+                "credit_grant",
+                "credit_grant_priority",
+            ),
+        )
+        price = self.number(self.required(table, key, "price"), f"{key}.price")
+        currency = self.string(table.get("currency", self._currency), f"{key}.currency", CURRENCY)
+        interval = self.choice(table.get("interval", "month"), f"{key}.interval", Interval)
+        thresholds_raw = table.get("thresholds", list(DEFAULT_THRESHOLDS))
+        if not isinstance(thresholds_raw, list):
+            raise self.fail(
+                f"{key}.thresholds", "must be a list of percentages, e.g. [80, 90, 100]"
+            )
+        thresholds = tuple(
+            self.integer(t, f"{key}.thresholds[{i}]", 1, 1000) for i, t in enumerate(thresholds_raw)
+        )
+        if list(thresholds) != sorted(set(thresholds)):
+            raise self.fail(f"{key}.thresholds", "must be strictly increasing, without repeats")
+        meters_table = self.table(table.get("meters", {}), f"{key}.meters")
+        meters = {}
+        for meter, terms in meters_table.items():
+            meter_key = f"{key}.meters.{meter}"
+            if meter not in self._meters:
+                raise self.fail(meter_key, "names no meter defined in [meters]")
+            meters[meter] = self.plan_meter(self.table(terms, meter_key), meter_key)
+        grant = self.number(table.get("credit_grant", 0), f"{key}.credit_grant")
+        priority = self.integer(
+            table.get("credit_grant_priority", DEFAULT_GRANT_PRIORITY[CreditSource.PLAN]),
+            f"{key}.credit_grant_priority",
+            0,
+            1000,
+        )
+        return Plan(
+            name=name,
+            price=price,
+            currency=currency,
+            interval=interval,
+            meters=MappingProxyType(meters),
+            thresholds=thresholds,
+            credit_grant=grant,
+            credit_grant_priority=priority,
+        )
+
+    def plan_meter(self, table: Mapping[str, Any], key: str) -> PlanMeter:
+        self.only(table, key, ("included", "limit", "enforcement"))
+        included = self.number(table.get("included", 0), f"{key}.included")
+        limit = None
+        if "limit" in table:
+            limit = self.number(table["limit"], f"{key}.limit", positive=True)
+        enforcement = self.choice(
+            table.get("enforcement", "hard"), f"{key}.enforcement", Enforcement
+        )
+        if "enforcement" in table and limit is None:
+            raise self.fail(f"{key}.enforcement", "needs a limit to enforce")
+        return PlanMeter(included=included, limit=limit, enforcement=enforcement)
+
+    def price(self, meter: str, table: Mapping[str, Any], key: str) -> MeterPrice:
+        self.only(
+            table,
+            key,
+            (
+                "model",
+                "unit_price",
+                "tiers",
+                "package_size",
+                "package_price",
+                "free_quantity",
+                "dimension",
+                "by_value",
+            ),
+        )
+        model = self.price_model(table, key)
+        free_quantity = self.number(table.get("free_quantity", 0), f"{key}.free_quantity")
+        dimension = None
+        by_value: dict[str, PriceModel] = {}
+        if "dimension" in table:
+            dimension = self.string(table["dimension"], f"{key}.dimension")
+            values = self.table(self.required(table, key, "by_value"), f"{key}.by_value")
+            for value, sub in values.items():
+                sub_key = f'{key}.by_value."{value}"'
+                sub_table = self.table(sub, sub_key)
+                self.only(
+                    sub_table,
+                    sub_key,
+                    ("model", "unit_price", "tiers", "package_size", "package_price"),
+                )
+                by_value[value] = self.price_model(sub_table, sub_key)
+        elif "by_value" in table:
+            raise self.fail(f"{key}.by_value", "needs a dimension naming the data field it keys on")
+        return MeterPrice(
+            meter=meter,
+            model=model,
+            free_quantity=free_quantity,
+            dimension=dimension,
+            by_value=MappingProxyType(by_value),
+        )
+
+    def price_model(self, table: Mapping[str, Any], key: str) -> PriceModel:
+        kind = self.choice(
+            self.required(table, key, "model"),
+            f"{key}.model",
+            ("per_unit", "graduated", "volume", "package", "free"),
+        )
+        if kind == "per_unit":
+            return PerUnit(
+                self.number(self.required(table, key, "unit_price"), f"{key}.unit_price")
+            )
+        if kind in ("graduated", "volume"):
+            tiers = self.tiers(self.required(table, key, "tiers"), f"{key}.tiers")
+            return Graduated(tiers) if kind == "graduated" else Volume(tiers)
+        if kind == "package":
+            return Package(
+                package_size=self.number(
+                    self.required(table, key, "package_size"), f"{key}.package_size", positive=True
+                ),
+                package_price=self.number(
+                    self.required(table, key, "package_price"), f"{key}.package_price"
+                ),
+            )
+        return Free()
+
+    def tiers(self, value: object, key: str) -> tuple[Tier, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, "must be a non-empty list of tiers")
+        tiers = []
+        previous = ZERO
+        for i, raw in enumerate(value):
+            tier_key = f"{key}[{i}]"
+            table = self.table(raw, tier_key)
+            self.only(table, tier_key, ("up_to", "unit_price", "flat_fee"))
+            last = i == len(value) - 1
+            up_to = None
+            if "up_to" in table and table["up_to"] not in ("inf", Decimal("Infinity")):
+                up_to = self.number(table["up_to"], f"{tier_key}.up_to", positive=True)
+                if up_to <= previous:
+                    raise self.fail(
+                        f"{tier_key}.up_to",
+                        f"must be greater than the previous tier's ({previous})",
+                    )
+                previous = up_to
+            if up_to is None and not last:
+                raise self.fail(f"{tier_key}.up_to", "only the last tier may be unbounded")
+            if up_to is not None and last:
+                raise self.fail(
+                    f"{tier_key}.up_to",
+                    'the last tier must be unbounded (leave up_to out, or "inf")',
+                )
+            tiers.append(
+                Tier(
+                    up_to=up_to,
+                    unit_price=self.number(table.get("unit_price", 0), f"{tier_key}.unit_price"),
+                    flat_fee=self.number(table.get("flat_fee", 0), f"{tier_key}.flat_fee"),
+                )
+            )
+        return tuple(tiers)
+
+    def credit_product(self, name: str, table: Mapping[str, Any], key: str) -> CreditProduct:
+        self.only(table, key, ("credits", "price", "currency", "priority"))
+        return CreditProduct(
+            name=name,
+            credits=self.number(
+                self.required(table, key, "credits"), f"{key}.credits", positive=True
+            ),
+            price=self.number(self.required(table, key, "price"), f"{key}.price"),
+            currency=self.string(
+                table.get("currency", self._currency), f"{key}.currency", CURRENCY
+            ),
+            priority=self.integer(
+                table.get("priority", DEFAULT_GRANT_PRIORITY[CreditSource.PURCHASE]),
+                f"{key}.priority",
+                0,
+                1000,
+            ),
+        )
+
+    def stripe_prices(
+        self, value: object, plans: Mapping[str, Plan], products: Mapping[str, CreditProduct]
+    ) -> Mapping[str, StripePrice]:
+        table = self.table(value, "stripe_prices")
+        mapped = {}
+        for price_id, target in table.items():
+            key = f"stripe_prices.{price_id}"
+            self.string(price_id, key)
+            sub = self.table(target, key)
+            self.only(sub, key, ("plan", "credit_product"))
+            if len(sub) != 1:
+                raise self.fail(key, "must name exactly one of plan or credit_product")
+            if "plan" in sub:
+                plan = self.string(sub["plan"], f"{key}.plan")
+                if plan not in plans:
+                    raise self.fail(f"{key}.plan", f"{plan!r} is not a plan in [plans]")
+                mapped[price_id] = StripePrice(price_id, plan=plan)
+            else:
+                product = self.string(sub["credit_product"], f"{key}.credit_product")
+                if product not in products:
+                    raise self.fail(
+                        f"{key}.credit_product", f"{product!r} is not in [credit_products]"
+                    )
+                mapped[price_id] = StripePrice(price_id, credit_product=product)
+        return MappingProxyType(mapped)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)

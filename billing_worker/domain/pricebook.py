@@ -1,0 +1,359 @@
+"""The price book as the domain sees it: meters, plans, prices, credit costs, credit packs.
+
+Plain frozen dataclasses, no I/O: the file format and its validation live in
+``billing_worker.pricebook_file``. Everything numeric is ``Decimal``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import MappingProxyType
+
+from billing_worker.domain.errors import PermanentError, UnknownEventType
+
+Scalar = str | int | float | bool | None
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+
+
+class Aggregation(enum.StrEnum):
+    """How a meter folds its events within a period."""
+
+    SUM = "sum"
+    """Total of the values."""
+    COUNT = "count"
+    """Number of events (the value is ignored)."""
+    MAX = "max"
+    """Largest value seen."""
+    UNIQUE_COUNT = "unique_count"
+    """Number of distinct values of the meter's field."""
+    LATEST = "latest"
+    """Value of the event with the latest time (ties: the one recorded last)."""
+
+
+AGGREGATIONS_THAT_ADD = frozenset({Aggregation.SUM, Aggregation.COUNT})
+"""Aggregations whose period total is the sum of its ledger quantities."""
+
+
+class InvalidMeterValue(PermanentError):
+    """The ``data`` field a meter reads is not a non-negative number."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="schema_violation")
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """What is measured: fed by event types, one value per event, folded per period."""
+
+    name: str
+    event_types: tuple[str, ...]
+    aggregation: Aggregation = Aggregation.SUM
+    value_field: str | None = None
+    """``None`` reads ``data.quantity``; otherwise the named ``data`` field (for
+    ``unique_count``, the field whose distinct values are counted)."""
+    filters: Mapping[str, Scalar] = field(default_factory=dict)
+    """Dimension values an event must carry exactly to feed this meter."""
+    unit: str = "unit"
+    late_events: str = "next_invoice"
+
+    def matches(self, dimensions: Mapping[str, Scalar]) -> bool:
+        """Whether an event with these dimensions passes the meter's filters."""
+        return all(
+            name in dimensions and _same_scalar(dimensions[name], wanted)
+            for name, wanted in self.filters.items()
+        )
+
+    def value_of(self, quantity: Decimal, dimensions: Mapping[str, Scalar]) -> Decimal | None:
+        """The amount this event adds to the ledger for this meter; ``None``: it feeds nothing.
+
+        ``count`` and ``unique_count`` record 1 per event (the distinct value stays in the
+        entry's dimensions); an event without the meter's named field does not feed it.
+        """
+        if self.aggregation is Aggregation.COUNT:
+            return ONE
+        if self.value_field is None:
+            return quantity
+        if self.value_field not in dimensions:
+            return None
+        raw = dimensions[self.value_field]
+        if self.aggregation is Aggregation.UNIQUE_COUNT:
+            return ONE
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise InvalidMeterValue(
+                f"data.{self.value_field} feeds meter {self.name!r} and must be a "
+                f"non-negative number, not {raw!r}"
+            )
+        try:
+            value = Decimal(str(raw))
+        except ArithmeticError:
+            value = Decimal("NaN")
+        if not value.is_finite() or value < 0:
+            raise InvalidMeterValue(
+                f"data.{self.value_field} feeds meter {self.name!r} and must be a "
+                f"non-negative number, not {raw!r}"
+            )
+        return value
+
+
+def _same_scalar(value: Scalar, wanted: Scalar) -> bool:
+    """Equal as JSON values: ``true`` is not ``1`` (Python says it is)."""
+    return isinstance(value, bool) == isinstance(wanted, bool) and value == wanted
+
+
+# --- prices -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One tier: units up to ``up_to`` (inclusive; ``None`` = no bound) at ``unit_price``,
+    plus ``flat_fee`` once the tier is reached."""
+
+    up_to: Decimal | None
+    unit_price: Decimal = ZERO
+    flat_fee: Decimal = ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class PerUnit:
+    """Every billable unit at the same price."""
+
+    unit_price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Graduated:
+    """Each unit priced by the tier it falls in (the first 1,000 at a, the next at b...)."""
+
+    tiers: tuple[Tier, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """All units priced by the one tier the total falls in."""
+
+    tiers: tuple[Tier, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    """``package_price`` per started block of ``package_size`` units (rounded up)."""
+
+    package_size: Decimal
+    package_price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Free:
+    """No charge."""
+
+
+PriceModel = PerUnit | Graduated | Volume | Package | Free
+
+
+@dataclass(frozen=True, slots=True)
+class MeterPrice:
+    """How a meter's billable quantity becomes money.
+
+    ``free_quantity`` units per period are free before the model applies. With a
+    ``dimension``, each value of that ``data`` field has its own model (``by_value``),
+    the others use ``model``.
+    """
+
+    meter: str
+    model: PriceModel
+    free_quantity: Decimal = ZERO
+    dimension: str | None = None
+    by_value: Mapping[str, PriceModel] = field(default_factory=dict)
+
+    def model_for(self, dimension_value: Scalar) -> PriceModel:
+        """The model for events carrying ``dimension_value`` in the price's dimension."""
+        if self.dimension is None or dimension_value is None:
+            return self.model
+        return self.by_value.get(dimension_key(dimension_value), self.model)
+
+
+def dimension_key(value: Scalar) -> str:
+    """A dimension value as a price-book key: strings as they are, other scalars as JSON
+    spells them (``true``, ``1``, ``1.5``), so ``by_value`` keys match what producers send."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --- plans, credits -----------------------------------------------------------------------
+
+
+class Enforcement(enum.StrEnum):
+    """What a limit means to the quota check (usage is always recorded either way)."""
+
+    HARD = "hard"
+    """The quota check answers ``allowed: false`` past the limit."""
+    SOFT = "soft"
+    """The quota check allows; the threshold events still fire."""
+
+
+class Interval(enum.StrEnum):
+    """How often a plan's fee is charged."""
+
+    MONTH = "month"
+    YEAR = "year"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanMeter:
+    """A plan's terms for one meter."""
+
+    included: Decimal = ZERO
+    limit: Decimal | None = None
+    enforcement: Enforcement = Enforcement.HARD
+
+
+DEFAULT_THRESHOLDS = (80, 90, 100)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A plan: its fee, its meters' terms, alert thresholds and credit grant per period."""
+
+    name: str
+    price: Decimal
+    currency: str
+    interval: Interval = Interval.MONTH
+    meters: Mapping[str, PlanMeter] = field(default_factory=dict)
+    thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
+    credit_grant: Decimal = ZERO
+    credit_grant_priority: int = 10
+
+    def limit_of(self, meter: str) -> PlanMeter | None:
+        """This plan's terms for ``meter``, if it limits or includes it."""
+        return self.meters.get(meter)
+
+
+class CreditSource(enum.StrEnum):
+    """Where a credit grant came from."""
+
+    PLAN = "plan"
+    PURCHASE = "purchase"
+    PROMOTIONAL = "promotional"
+
+
+DEFAULT_GRANT_PRIORITY = {
+    CreditSource.PROMOTIONAL: 5,
+    CreditSource.PLAN: 10,
+    CreditSource.PURCHASE: 20,
+}
+"""Lower burns first: promotional credits, then the plan's, purchased ones last."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreditProduct:
+    """A purchasable pack of credits."""
+
+    name: str
+    credits: Decimal
+    price: Decimal
+    currency: str
+    priority: int = DEFAULT_GRANT_PRIORITY[CreditSource.PURCHASE]
+
+
+@dataclass(frozen=True, slots=True)
+class StripePrice:
+    """What a Stripe price id buys: a plan or a credit pack (exactly one is set)."""
+
+    price_id: str
+    plan: str | None = None
+    credit_product: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterFeed:
+    """One meter an event feeds, with the value it adds."""
+
+    meter: Meter
+    value: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class PriceBook:
+    """Meters, plans, prices and credit terms, validated; identified by ``version``."""
+
+    version: str
+    currency: str
+    default_plan: str
+    meters: Mapping[str, Meter]
+    plans: Mapping[str, Plan]
+    prices: Mapping[str, MeterPrice] = field(default_factory=dict)
+    credit_costs: Mapping[str, Decimal] = field(default_factory=dict)
+    credit_products: Mapping[str, CreditProduct] = field(default_factory=dict)
+    stripe_prices: Mapping[str, StripePrice] = field(default_factory=dict)
+    credits_low_balance: Decimal = ZERO
+    digest: str = ""
+    """SHA-256 of the source text, so one version can't silently mean two price books."""
+    source: str = field(default="", repr=False)
+    """The text it was read from (kept with the version in the database)."""
+    _by_event_type: Mapping[str, tuple[Meter, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _alert_levels: Mapping[tuple[str, str], Decimal] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[Meter]] = {}
+        for meter in self.meters.values():
+            for event_type in meter.event_types:
+                index.setdefault(event_type, []).append(meter)
+        frozen = MappingProxyType({k: tuple(v) for k, v in index.items()})
+        object.__setattr__(self, "_by_event_type", frozen)
+        levels = {
+            (plan.name, meter): terms.limit * plan.thresholds[0] / 100
+            for plan in self.plans.values()
+            for meter, terms in sorted(plan.meters.items())
+            if terms.limit is not None and plan.thresholds
+        }
+        object.__setattr__(self, "_alert_levels", MappingProxyType(levels))
+
+    @property
+    def event_types(self) -> Sequence[str]:
+        """Every event type some meter is fed by, sorted."""
+        return sorted(self._by_event_type)
+
+    def feeds(
+        self, event_type: str, quantity: Decimal, dimensions: Mapping[str, Scalar]
+    ) -> tuple[MeterFeed, ...]:
+        """The meters this event feeds and what it adds to each.
+
+        An event type no meter names is a permanent error (``unknown_event_type``); a
+        known type whose filters all miss feeds nothing and is still recorded as seen.
+        """
+        meters = self._by_event_type.get(event_type)
+        if not meters:
+            raise UnknownEventType(f"no meter is fed by event type {event_type!r}")
+        feeds = []
+        for meter in meters:
+            if not meter.matches(dimensions):
+                continue
+            value = meter.value_of(quantity, dimensions)
+            if value is not None:
+                feeds.append(MeterFeed(meter, value))
+        return tuple(feeds)
+
+    def plan(self, name: str) -> Plan:
+        """The plan called ``name``; accounts on a plan the book no longer has use the
+        default plan's terms (the account keeps its plan name)."""
+        return self.plans.get(name) or self.plans[self.default_plan]
+
+    @property
+    def alert_levels(self) -> Mapping[tuple[str, str], Decimal]:
+        """(plan, meter) -> the usage at which the plan's lowest threshold is reached, for
+        every limited meter: below it no threshold can have been crossed."""
+        return self._alert_levels

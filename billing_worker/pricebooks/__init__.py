@@ -1,0 +1,1 @@
+"""Shipped price books: ``default.toml`` is used unless BILLING_PRICEBOOK is set."""

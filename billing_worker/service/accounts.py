@@ -1,0 +1,185 @@
+"""Account use cases: change plan, grant credits, expire credits, look at an account."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from billing_worker.domain.errors import PermanentError
+from billing_worker.domain.periods import calendar_month_of
+from billing_worker.domain.pricebook import DEFAULT_GRANT_PRIORITY, CreditSource, PriceBook
+from billing_worker.domain.quotas import PeriodUsage, crossed_thresholds
+from billing_worker.service.events import quota_alert, subscription_changed
+from billing_worker.service.ports import UnitOfWorkFactory
+
+
+class UnknownPlan(PermanentError):
+    """The price book has no such plan."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="unknown_plan")
+
+
+class UnknownAccount(PermanentError):
+    """No such account."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="unknown_account")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """What a plan change did."""
+
+    account: str
+    previous_plan: str | None
+    plan: str
+    previous_status: str | None
+    status: str
+    changed: bool
+    quota_events: int
+
+
+async def change_plan(
+    uow_factory: UnitOfWorkFactory,
+    book: PriceBook,
+    *,
+    account: str,
+    plan: str,
+    status: str = "active",
+    cause: str = "operator",
+    change_id: str,
+    now: datetime,
+) -> PlanChange:
+    """Move ``account`` to ``plan`` from ``now`` on: one transaction for all of it.
+
+    - the account ledger gets a ``plan_changed`` entry, the outbox ``subscription.changed``;
+    - the new plan's limits and thresholds apply to the rest of the current period (no
+      usage is rewritten): thresholds the usage so far already reaches under the new
+      limits are announced now, unless announced before in this period;
+    - the previous plan's credit grant for the period expires (a ledger entry) and the
+      new plan's is granted, so credits follow the plan immediately.
+
+    ``change_id`` names the change (a Stripe event id, an operator request id): applying
+    the same change twice announces it once. An unknown account is created on ``plan``.
+    """
+    if plan not in book.plans:
+        raise UnknownPlan(
+            f"no plan {plan!r} in price book {book.version} (plans: {', '.join(book.plans)})"
+        )
+    period = calendar_month_of(now)
+    async with uow_factory() as uow:
+        before = await uow.accounts.get(account, lock=True)
+        if before is None:
+            await uow.accounts.create(account, plan)
+            previous_plan: str | None = None
+            previous_status: str | None = None
+        else:
+            previous_plan, previous_status = before.plan, before.status
+        changed = (previous_plan, previous_status) != (plan, status)
+        quota_events = 0
+        if changed:
+            await uow.accounts.set_plan(account, plan, status, now)
+            await uow.accounts.append_entry(
+                account,
+                "plan_changed",
+                {
+                    "plan": plan,
+                    "status": status,
+                    "previous_plan": previous_plan,
+                    "previous_status": previous_status,
+                    "cause": cause,
+                    "change_id": change_id,
+                },
+                book.version,
+                now,
+            )
+            await uow.outbox.add(
+                [
+                    subscription_changed(
+                        account=account,
+                        plan=plan,
+                        status=status,
+                        previous_plan=previous_plan,
+                        previous_status=previous_status,
+                        period=period,
+                        cause=cause,
+                        change_id=change_id,
+                        at=now,
+                    )
+                ]
+            )
+            if previous_plan is not None and previous_plan != plan:
+                await uow.credits.end_plan_grants(account, period, now, book.version)
+                await uow.credits.allocate_plan_grants([(account, period)], book)
+            usage = await uow.accounts.period_usage(account, period)
+            crossings = crossed_thresholds(
+                book,
+                [PeriodUsage(account, meter, period, plan, used) for meter, used in usage.items()],
+            )
+            if crossings:
+                quota_events = await uow.outbox.add_quota_alerts(
+                    [quota_alert(c, now) for c in crossings]
+                )
+        await uow.commit()
+    return PlanChange(account, previous_plan, plan, previous_status, status, changed, quota_events)
+
+
+async def grant_credits(
+    uow_factory: UnitOfWorkFactory,
+    book: PriceBook,
+    *,
+    account: str,
+    amount: Decimal,
+    source: CreditSource,
+    key: str,
+    note: str,
+    now: datetime,
+    expires_at: datetime | None = None,
+    priority: int | None = None,
+) -> int | None:
+    """Grant credits (promotional or purchased); ``None`` when ``key`` was granted already.
+
+    The key makes a grant idempotent: an operator re-running a command, or Stripe
+    redelivering a purchase, grants once. An unknown account is created on the default plan.
+    """
+    if amount <= 0:
+        raise PermanentError(f"a grant must be positive, not {amount}", reason="invalid_grant")
+    if expires_at is not None and expires_at <= now:
+        raise PermanentError(
+            f"expiry {expires_at.isoformat()} is not in the future", reason="invalid_grant"
+        )
+    async with uow_factory() as uow:
+        await uow.accounts.create(account, book.default_plan)
+        grant_id = await uow.credits.add_grant(
+            account=account,
+            source=source,
+            amount=amount,
+            priority=DEFAULT_GRANT_PRIORITY[source] if priority is None else priority,
+            valid_from=now,
+            expires_at=expires_at,
+            key=f"{source.value}:{key}",
+            note=note,
+            pricebook_version=book.version,
+        )
+        await uow.commit()
+    return grant_id
+
+
+async def expire_credits(uow_factory: UnitOfWorkFactory, book: PriceBook, now: datetime) -> int:
+    """Write expiry entries for every grant past its expiry; return how many expired."""
+    total = 0
+    while True:
+        async with uow_factory() as uow:
+            expired = await uow.credits.expire_due(now, book.version)
+            await uow.commit()
+        total += expired
+        if expired == 0:
+            return total
+
+
+def request_id(*parts: str) -> str:
+    """A stable id for an operator request made of ``parts``."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
