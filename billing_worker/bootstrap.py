@@ -13,6 +13,7 @@ from billing_worker.adapters.amqp.dead_letters import DeadLetterPublisher
 from billing_worker.adapters.amqp.delivery import DeliverySource
 from billing_worker.adapters.amqp.topology import Topology
 from billing_worker.adapters.observability.metrics import Metrics
+from billing_worker.adapters.postgres.account_store import PostgresUsageReader
 from billing_worker.adapters.postgres.usage_store import KnownAccounts, PostgresUnitOfWork
 from billing_worker.config import Settings
 from billing_worker.consumers.batching import BatchingConsumer, BatchPolicy
@@ -53,6 +54,7 @@ def build_components(
     *,
     book: PriceBook,
     engine: AsyncEngine,
+    quota_engine: AsyncEngine,
     usage_queue: DeliverySource,
     quota_queue: DeliverySource,
     reply_exchange: AbstractExchange,
@@ -86,6 +88,8 @@ def build_components(
             metrics.for_queue(usage_queue.name),
             batch_policy(settings),
         ),
-        quota_check=QuotaCheckConsumer(quota_queue, reply_exchange, unit_of_work, book, metrics),
+        quota_check=QuotaCheckConsumer(
+            quota_queue, reply_exchange, PostgresUsageReader(quota_engine), book, metrics
+        ),
         relay=relay,
     )

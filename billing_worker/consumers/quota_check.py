@@ -23,8 +23,7 @@ from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.consumers.usage import describe_validation_error
 from billing_worker.domain.errors import PermanentError, TransientError
 from billing_worker.domain.pricebook import PriceBook
-from billing_worker.service.ports import UnitOfWorkFactory
-from billing_worker.service.quota_check import check_quota
+from billing_worker.service.quota_check import UsageReader, check_quota
 from schemas.quota_check import QuotaCheckError, QuotaCheckReply, QuotaCheckRequest
 
 log = structlog.get_logger(__name__)
@@ -39,7 +38,7 @@ class QuotaCheckConsumer:
         self,
         queue: DeliverySource,
         reply_exchange: AbstractExchange,
-        uow_factory: UnitOfWorkFactory,
+        reader: UsageReader,
         book: PriceBook,
         metrics: Metrics,
         *,
@@ -47,7 +46,7 @@ class QuotaCheckConsumer:
     ) -> None:
         self._queue = queue
         self._exchange = reply_exchange
-        self._uow_factory = uow_factory
+        self._reader = reader
         self._book = book
         self._metrics = metrics
         self._clock = clock
@@ -92,6 +91,9 @@ class QuotaCheckConsumer:
                     delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
                 ),
                 routing_key=reply_to,
+                # RabbitMQ returns every mandatory publish to a direct reply-to name as
+                # unroutable, even when it delivers it.
+                mandatory=False,
             )
         except Exception as exc:  # noqa: BLE001 - the caller times out; nothing to keep
             log.warning("quota_check_reply_failed", error=repr(exc))
@@ -103,7 +105,7 @@ class QuotaCheckConsumer:
         try:
             request = _parse(body)
             result = await check_quota(
-                self._uow_factory,
+                self._reader,
                 self._book,
                 account=request.account,
                 meter=request.meter,

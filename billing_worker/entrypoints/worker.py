@@ -44,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 PROBE_INTERVAL_SECONDS = 2.0
 QUOTA_CHECK_PREFETCH = 64
+QUOTA_CHECK_POOL_SIZE = 2
 LAST_RELAY_SECONDS = 5.0
 CREDIT_EXPIRY_INTERVAL_SECONDS = 60.0
 
@@ -62,6 +63,7 @@ class Worker:
         self.readiness = Readiness()
         self.http: HealthServer | None = None
         self._engine: AsyncEngine | None = None
+        self._quota_engine: AsyncEngine | None = None
         self._connection: AbstractRobustConnection | None = None
         self._components: Components | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -98,6 +100,9 @@ class Worker:
         db_url = s.database_url.get_secret_value()
         await self._within_startup_timeout("database", prepare_database, db_url)
         self._engine = create_engine_for(db_url, pool_size=s.db_pool_size)
+        # Quota checks read on connections of their own: behind the batch transactions
+        # they would wait for whole batches.
+        self._quota_engine = create_engine_for(db_url, pool_size=QUOTA_CHECK_POOL_SIZE)
         try:
             await register_pricebook(self._engine, self.book)
         except PriceBookVersionConflict as exc:
@@ -124,6 +129,7 @@ class Worker:
             s,
             book=self.book,
             engine=self._engine,
+            quota_engine=self._quota_engine,
             usage_queue=self._subscription,
             quota_queue=QueueSubscription(quota_channel, quota_queue.name),
             reply_exchange=quota_channel.default_exchange,
@@ -171,8 +177,9 @@ class Worker:
                 await self._probe
         if self._connection is not None:
             await self._connection.close()
-        if self._engine is not None:
-            await self._engine.dispose()
+        for engine in (self._engine, self._quota_engine):
+            if engine is not None:
+                await engine.dispose()
         if self.http is not None:
             self.http.stop()
         log.info("worker_stopped", drained=drained)

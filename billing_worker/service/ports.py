@@ -157,10 +157,6 @@ class AccountStore(Protocol):
         """Every meter's total for the account in ``period``."""
         ...
 
-    async def meter_usage(self, account: str, meter: str, period: BillingPeriod) -> Decimal:
-        """One meter's total in ``period`` (0 when none)."""
-        ...
-
 
 class UnitOfWork(Protocol):
     """One database transaction. Leaving it without ``commit()`` rolls back.

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.quotas import QuotaAnswer, answer_quota_check
-from billing_worker.service.ports import UnitOfWorkFactory
 
 
 class UnknownMeter(PermanentError):
@@ -28,8 +28,18 @@ class QuotaCheckResult:
     period: BillingPeriod
 
 
+class UsageReader(Protocol):
+    """Reads what a quota check needs in one round trip, outside any transaction."""
+
+    async def plan_and_usage(
+        self, account: str, meter: str, period: BillingPeriod
+    ) -> tuple[str | None, Decimal]:
+        """The account's plan (None if never seen) and its usage of ``meter`` in ``period``."""
+        ...
+
+
 async def check_quota(
-    uow_factory: UnitOfWorkFactory,
+    reader: UsageReader,
     book: PriceBook,
     *,
     account: str,
@@ -45,9 +55,6 @@ async def check_quota(
         known = ", ".join(sorted(book.meters))
         raise UnknownMeter(f"no meter {meter!r} in price book {book.version} (known: {known})")
     period = calendar_month_of(now)
-    async with uow_factory() as uow:
-        stored = await uow.accounts.get(account)
-        plan = stored.plan if stored is not None else book.default_plan
-        used = await uow.accounts.meter_usage(account, meter, period) if stored else Decimal(0)
-    answer = answer_quota_check(book, plan, meter, used, quantity)
+    plan, used = await reader.plan_and_usage(account, meter, period)
+    answer = answer_quota_check(book, plan or book.default_plan, meter, used, quantity)
     return QuotaCheckResult(answer=answer, period=period)

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_worker.adapters.postgres.account_store import PostgresUsageReader
 from billing_worker.adapters.postgres.database import create_engine_for
 from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
 from billing_worker.domain.errors import PermanentError
@@ -160,7 +161,6 @@ class TestQuotaThresholds:
             ("seats", "soft")
         ]
         assert aggregates_match_ledger(sql)
-
 
     async def test_account_on_a_retired_plan_is_held_to_the_default_plan(
         self, engine: AsyncEngine, sql: psycopg.Connection
@@ -473,7 +473,7 @@ class TestPlanChange:
 class TestQuotaCheckAnswers:
     async def test_answers_from_the_aggregates(self, engine: AsyncEngine) -> None:
         """used/limit/remaining come from this period's totals and the account's plan."""
-        uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
+        uow = PostgresUsageReader(engine)
         await record(engine, [usage(quantity=600)])
         ok = await check_quota(
             uow, FEATURES_BOOK, account="acct_1", meter="tokens", quantity=Decimal(400), now=NOW

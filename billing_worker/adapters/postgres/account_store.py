@@ -8,8 +8,9 @@ from typing import Any
 
 import orjson
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from billing_worker.adapters.postgres.errors import translate
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.service.ports import Account
 
@@ -42,11 +43,6 @@ PERIOD_USAGE = text("""
     SELECT meter, quantity, event_count FROM usage_aggregates
     WHERE account_id = :account AND period_start = :start
     ORDER BY meter
-""")
-
-METER_USAGE = text("""
-    SELECT quantity FROM usage_aggregates
-    WHERE account_id = :account AND meter = :meter AND period_start = :start
 """)
 
 
@@ -98,11 +94,35 @@ class PostgresAccounts:
         result = await self._conn.execute(PERIOD_USAGE, {"account": account, "start": period.start})
         return {meter: quantity for meter, quantity, _count in result}
 
-    async def meter_usage(self, account: str, meter: str, period: BillingPeriod) -> Decimal:
-        """One meter's total for the account in ``period`` (0 if none)."""
-        row = (
-            await self._conn.execute(
-                METER_USAGE, {"account": account, "meter": meter, "start": period.start}
-            )
-        ).first()
-        return row[0] if row is not None else Decimal(0)
+
+PLAN_AND_USAGE = text("""
+    SELECT a.plan, coalesce(g.quantity, 0)
+    FROM accounts AS a
+    LEFT JOIN usage_aggregates AS g
+      ON g.account_id = a.account_id AND g.meter = :meter AND g.period_start = :start
+    WHERE a.account_id = :account
+""")
+
+
+class PostgresUsageReader:
+    """``UsageReader`` on an engine: one autocommit statement per check, no transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def plan_and_usage(
+        self, account: str, meter: str, period: BillingPeriod
+    ) -> tuple[str | None, Decimal]:
+        """The account's plan (None if never seen) and its usage of ``meter`` in ``period``."""
+        try:
+            async with self._engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        PLAN_AND_USAGE, {"account": account, "meter": meter, "start": period.start}
+                    )
+                ).first()
+        except Exception as exc:
+            raise translate(exc) or exc from exc
+        if row is None:
+            return None, Decimal(0)
+        return row[0], row[1]
