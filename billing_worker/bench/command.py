@@ -16,6 +16,7 @@ from typing import Any
 from billing_worker.bench.ceiling import measure_ceiling
 from billing_worker.bench.latency import measure_latency
 from billing_worker.bench.ledger_growth import preload_ledger
+from billing_worker.bench.quota_check import measure_quota_check
 from billing_worker.bench.scratch import scratch
 from billing_worker.bench.throughput import WorkerRun, measure_worker
 from billing_worker.bench.workload import build_workload
@@ -26,10 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The bench options."""
     parser.add_argument(
         "--mode",
-        choices=["throughput", "latency", "ledger-growth"],
+        choices=["throughput", "latency", "quota-check", "ledger-growth"],
         default="throughput",
-        help="throughput vs the raw ceiling (default); steady-rate latency; or throughput "
-        "before and after preloading a large ledger (takes minutes)",
+        help="throughput vs the raw ceiling (default); steady-rate latency; quota-check "
+        "round trips under a usage load; or throughput before and after preloading a "
+        "large ledger (takes minutes)",
     )
     parser.add_argument("--events", type=int, default=50_000, help="deliveries per run")
     parser.add_argument("--accounts", type=int, default=1_000, help="distinct accounts")
@@ -41,8 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-max-wait-ms", type=int, help="worker BILLING_BATCH_MAX_WAIT_MS")
     parser.add_argument("--prefetch", type=int, help="worker BILLING_PREFETCH")
     parser.add_argument("--batches-in-flight", type=int, help="worker BILLING_BATCHES_IN_FLIGHT")
-    parser.add_argument("--rate", type=float, default=1_000, help="latency mode: events/s")
-    parser.add_argument("--duration", type=float, default=30, help="latency mode: seconds")
+    parser.add_argument(
+        "--rate", type=float, default=1_000, help="latency and quota-check modes: usage events/s"
+    )
+    parser.add_argument("--check-rate", type=float, default=200, help="quota-check mode: checks/s")
+    parser.add_argument(
+        "--duration", type=float, default=30, help="latency and quota-check modes: seconds"
+    )
     parser.add_argument(
         "--preload-rows", type=int, default=10_000_000, help="ledger-growth mode: rows"
     )
@@ -78,6 +85,22 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         "prefetch": prefetch,
         "worker_logs": str(logs),
     }
+    if args.mode == "quota-check":
+        runs = []
+        for i in range(args.runs):
+            async with scratch(amqp, database, "quota") as place:
+                checked = await measure_quota_check(
+                    place,
+                    check_rate=args.check_rate,
+                    usage_rate=args.rate,
+                    duration=args.duration,
+                    settings=overrides,
+                    log_path=logs / f"quota-{i}.log",
+                )
+            runs.append(asdict(checked))
+        report = {**header, "runs": runs, "median": _medians(runs)}
+        _print(report, args.json, _quota_text)
+        return 0
     if args.mode == "latency":
         runs = []
         for i in range(args.runs):
@@ -209,6 +232,19 @@ def _latency_text(r: dict[str, Any]) -> str:
             f"p50 {row['p50_ms']:.1f} ms  p95 {row['p95_ms']:.1f} ms  "
             f"p99 {row['p99_ms']:.1f} ms  max {row['max_ms']:.1f} ms  "
             f"RSS {row['peak_rss_mb']:.0f} MB"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _quota_text(r: dict[str, Any]) -> str:
+    lines = [f"quota check (request to reply, direct reply-to), worker {r['worker_settings']}"]
+    for i, row in enumerate([*r["runs"], r["median"]], start=1):
+        label = str(i) if i <= len(r["runs"]) else "med"
+        lines.append(
+            f"{label:>4} {row['check_rate']:.0f} checks/s under {row['usage_rate']:.0f} "
+            f"usage events/s  n={row['checks']:.0f}  errors={row['errors']:.0f}  "
+            f"p50 {row['p50_ms']:.1f} ms  p95 {row['p95_ms']:.1f} ms  "
+            f"p99 {row['p99_ms']:.1f} ms  max {row['max_ms']:.1f} ms"
         )
     return "\n".join(lines) + "\n"
 

@@ -112,7 +112,7 @@ async def measure_latency(
     try:
         await asyncio.to_thread(worker.wait_ready)
         watcher.start()
-        await _publish_steadily(place, rate, duration, published, watcher.published)
+        await publish_steadily(place, rate, duration, published, watcher.published)
         deadline = time.monotonic() + 30
         while len(watcher.seen) < len(published) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -129,7 +129,7 @@ async def measure_latency(
     return LatencyRun(rate, len(latencies), cuts[49], cuts[94], cuts[98], latencies[-1], rss)
 
 
-async def _publish_steadily(
+async def publish_steadily(
     place: Scratch,
     rate: float,
     duration: float,
