@@ -8,6 +8,7 @@ fail loudly rather than skip, so a green run always means the integration tests 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import aio_pika
 import psycopg
 import pytest
+import structlog
 from sqlalchemy import make_url
 
 from billing_worker.adapters.postgres.database import prepare_database
@@ -98,3 +100,15 @@ async def namespace() -> AsyncIterator[str]:
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.exchange_delete(f"{ns}.{exchange}")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``cli.main`` configures logging for the process; put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)

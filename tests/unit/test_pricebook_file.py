@@ -6,14 +6,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import structlog
 
 from billing_worker.adapters.pricebook_file import (
     PriceBookError,
@@ -570,15 +567,3 @@ class TestCheckCommand:
                 monkeypatch.delenv(name)
         assert cli.main(["pricebook", "check", str(default_book_file)]) == 0
         assert f"price book {DEFAULT_BOOK.version}" in capsys.readouterr().out
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """``cli.main`` configures logging for the process; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    config = structlog.get_config()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)

@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import TextIO, cast
 
 import structlog
 
 
+class _StandardStream:
+    """``sys.stdout`` or ``sys.stderr`` as it is at each write.
+
+    Loggers cache their stream on first use; whoever swaps the standard streams later (a
+    test capturing output, a tool redirecting it) still gets the lines.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def write(self, text: str) -> int:
+        stream: TextIO = getattr(sys, self._name)
+        return stream.write(text)
+
+    def flush(self) -> None:
+        stream: TextIO = getattr(sys, self._name)
+        stream.flush()
+
+
 def configure_logging(level: str = "info", stream: TextIO = sys.stdout) -> None:
     """Route structlog and the standard library (aio-pika, alembic) to JSON lines."""
+    if stream is sys.stdout or stream is sys.stderr:
+        stream = cast(TextIO, _StandardStream("stdout" if stream is sys.stdout else "stderr"))
     numeric = logging.getLevelNamesMapping()[level.upper()]
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -36,8 +36,9 @@ RECENT = text("""
      FROM credit_ledger WHERE account_id = :account ORDER BY entry_id DESC LIMIT :limit)
     UNION ALL
     (SELECT 'account', entry_id, recorded_at, effective_at,
-            kind || ' ' || (details ->> 'previous_plan') || ' -> ' || (details ->> 'plan'),
-            details ->> 'change_id', pricebook_version
+            kind || ' ' || coalesce(details ->> 'previous_plan', '(new)') || ' -> '
+                || coalesce(details ->> 'plan', '?'),
+            coalesce(details ->> 'change_id', ''), pricebook_version
      FROM account_ledger WHERE account_id = :account ORDER BY entry_id DESC LIMIT :limit)
     ORDER BY recorded_at DESC, entry_id DESC
     LIMIT :limit
