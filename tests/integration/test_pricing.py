@@ -222,6 +222,29 @@ class TestAggregations:
         assert versions == sorted([(DEFAULT_BOOK.version,), (FEATURES_BOOK.version,)])
 
 
+async def grant(
+    engine: AsyncEngine,
+    *,
+    account: str,
+    amount: Decimal,
+    source: CreditSource = CreditSource.PROMOTIONAL,
+    key: str,
+    note: str = "",
+    expires_at: datetime | None = None,
+) -> int | None:
+    return await grant_credits(
+        lambda: PostgresUnitOfWork(engine),
+        FEATURES_BOOK,
+        account=account,
+        amount=amount,
+        source=source,
+        key=key,
+        note=note,
+        now=NOW,
+        expires_at=expires_at,
+    )
+
+
 def credit_entries(sql: psycopg.Connection, account: str = "acct_1") -> list[tuple[Any, ...]]:
     return sql.execute(
         "SELECT c.kind, g.source, c.credits FROM credit_ledger AS c "
@@ -237,26 +260,21 @@ class TestCredits:
     ) -> None:
         """Promotional (priority 5) burns before the plan grant (10), purchases (20) last;
         one ledger entry per grant touched."""
-        uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
-        await grant_credits(
-            uow,
-            FEATURES_BOOK,
+        await grant(
+            engine,
             account="acct_1",
             amount=Decimal(500),
             source=CreditSource.PURCHASE,
             key="checkout_1",
             note="pack",
-            now=NOW,
         )
-        await grant_credits(
-            uow,
-            FEATURES_BOOK,
+        await grant(
+            engine,
             account="acct_1",
             amount=Decimal(15),
             source=CreditSource.PROMOTIONAL,
             key="promo_1",
             note="welcome",
-            now=NOW,
         )
         await record(engine, [usage("api.call", 3)])  # 30 credits
         assert credit_entries(sql) == [
@@ -300,17 +318,13 @@ class TestCredits:
         self, engine: AsyncEngine, sql: psycopg.Connection
     ) -> None:
         """After a grant lifts the balance, crossing the levels again fires again."""
-        uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
         await record(engine, [usage("api.call", 10)])
-        await grant_credits(
-            uow,
-            FEATURES_BOOK,
+        await grant(
+            engine,
             account="acct_1",
             amount=Decimal(100),
             source=CreditSource.PROMOTIONAL,
             key="again",
-            note="",
-            now=NOW,
         )
         await record(engine, [usage("api.call", 10)])
         assert [e["type"] for e in outbox(sql)] == [
@@ -325,26 +339,11 @@ class TestCredits:
         self, engine: AsyncEngine, sql: psycopg.Connection
     ) -> None:
         """The same grant key twice (an operator re-run, a redelivery) grants once."""
-        uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
-        first = await grant_credits(
-            uow,
-            FEATURES_BOOK,
-            account="acct_9",
-            amount=Decimal(5),
-            source=CreditSource.PROMOTIONAL,
-            key="k",
-            note="",
-            now=NOW,
+        first = await grant(
+            engine, account="acct_9", amount=Decimal(5), source=CreditSource.PROMOTIONAL, key="k"
         )
-        second = await grant_credits(
-            uow,
-            FEATURES_BOOK,
-            account="acct_9",
-            amount=Decimal(5),
-            source=CreditSource.PROMOTIONAL,
-            key="k",
-            note="",
-            now=NOW,
+        second = await grant(
+            engine, account="acct_9", amount=Decimal(5), source=CreditSource.PROMOTIONAL, key="k"
         )
         assert first is not None
         assert second is None
@@ -355,15 +354,12 @@ class TestCredits:
     ) -> None:
         """A grant past its expiry loses what is left through an expiry entry."""
         uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
-        await grant_credits(
-            uow,
-            FEATURES_BOOK,
+        await grant(
+            engine,
             account="acct_1",
             amount=Decimal(30),
             source=CreditSource.PROMOTIONAL,
             key="short",
-            note="",
-            now=NOW,
             expires_at=NOW + timedelta(hours=1),
         )
         assert await expire_credits(uow, FEATURES_BOOK, NOW) == 0
@@ -373,28 +369,17 @@ class TestCredits:
 
     async def test_bad_grants_are_refused(self, engine: AsyncEngine) -> None:
         """Grants must be positive and expire in the future."""
-        uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
         with pytest.raises(PermanentError, match="positive"):
-            await grant_credits(
-                uow,
-                FEATURES_BOOK,
-                account="a",
-                amount=Decimal(0),
-                source=CreditSource.PROMOTIONAL,
-                key="z",
-                note="",
-                now=NOW,
+            await grant(
+                engine, account="a", amount=Decimal(0), source=CreditSource.PROMOTIONAL, key="z"
             )
         with pytest.raises(PermanentError, match="not in the future"):
-            await grant_credits(
-                uow,
-                FEATURES_BOOK,
+            await grant(
+                engine,
                 account="a",
                 amount=Decimal(1),
                 source=CreditSource.PROMOTIONAL,
                 key="z",
-                note="",
-                now=NOW,
                 expires_at=NOW,
             )
 
