@@ -71,12 +71,15 @@ async def change_plan(
         )
     period = calendar_month_of(now)
     async with uow_factory() as uow:
-        before = await uow.accounts.get(account, lock=True)
-        if before is None:
-            await uow.accounts.create(account, plan)
-            previous_plan: str | None = None
-            previous_status: str | None = None
-        else:
+        # Locked FOR UPDATE, the account row serialises this change with usage batches for
+        # the account (their foreign-key checks wait): a batch allocating the old plan's
+        # grant can't interleave with the change that ends it.
+        previous_plan: str | None = None
+        previous_status: str | None = None
+        if not await uow.accounts.create(account, plan):
+            before = await uow.accounts.get(account, lock=True)
+            if before is None:  # pragma: no cover - accounts are never deleted
+                raise UnknownAccount(f"account {account!r} vanished")
             previous_plan, previous_status = before.plan, before.status
         changed = (previous_plan, previous_status) != (plan, status)
         quota_events = 0

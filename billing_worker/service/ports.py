@@ -136,11 +136,13 @@ class AccountStore(Protocol):
     """Accounts, their plans, the account ledger and period totals."""
 
     async def get(self, account: str, *, lock: bool = False) -> Account | None:
-        """The account or None; ``lock`` holds it until the transaction ends."""
+        """The account or None; ``lock`` holds it (``FOR UPDATE``: usage batches for the
+        account wait, as their ledger rows' foreign key check needs a key-share lock)
+        until the transaction ends."""
         ...
 
-    async def create(self, account: str, plan: str) -> None:
-        """Create the account on ``plan`` unless it exists."""
+    async def create(self, account: str, plan: str) -> bool:
+        """Create the account on ``plan`` unless it exists; True if this call created it."""
         ...
 
     async def set_plan(self, account: str, plan: str, status: str, at: datetime) -> None:

@@ -454,6 +454,43 @@ class TestPlanChange:
                 uow, FEATURES_BOOK, account="acct_1", plan="GOLD", change_id="y", now=NOW
             )
 
+    async def test_plan_change_waits_for_a_batch_granting_the_old_plan(
+        self, engine: AsyncEngine, sql: psycopg.Connection
+    ) -> None:
+        """A usage batch has allocated the old plan's period grant but not committed: the
+        plan change waits for it (both lock the account row), then ends that grant. The
+        account never holds two plans' grants at once."""
+        uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
+        await record(engine, [usage(quantity=1)])
+        async with PostgresUnitOfWork(engine) as batch:
+            await batch.credits.allocate_plan_grants([("acct_1", PERIOD)], FEATURES_BOOK)
+            change = asyncio.create_task(
+                change_plan(
+                    uow, FEATURES_BOOK, account="acct_1", plan="BIG", change_id="c", now=NOW
+                )
+            )
+            await asyncio.sleep(0.5)
+            assert not change.done(), "the plan change must wait for the open batch"
+            await batch.commit()
+        await change
+        assert credit_entries(sql) == [
+            ("grant", "plan", Decimal(100)),
+            ("expiry", "plan", Decimal(-100)),
+            ("grant", "plan", Decimal(1000)),
+        ]
+        assert credit_balances_match_ledger(sql)
+
+    async def test_retired_plan_gets_the_default_plan_grant(
+        self, engine: AsyncEngine, sql: psycopg.Connection
+    ) -> None:
+        """An account on a plan the book no longer has is granted the default plan's credits."""
+        sql.execute("INSERT INTO accounts (account_id, plan) VALUES ('acct_old', 'LEGACY')")
+        await record(engine, [usage("api.call", 1, account="acct_old")])
+        assert credit_entries(sql, "acct_old") == [
+            ("grant", "plan", Decimal(100)),
+            ("burn", "plan", Decimal(-10)),
+        ]
+
 
 class TestQuotaCheckAnswers:
     async def test_answers_from_the_aggregates(self, engine: AsyncEngine) -> None:

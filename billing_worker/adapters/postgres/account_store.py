@@ -16,7 +16,7 @@ from billing_worker.service.ports import Account
 
 LOCK_ACCOUNT = text("""
     SELECT account_id, plan, status, created_at, plan_changed_at FROM accounts
-    WHERE account_id = :account FOR NO KEY UPDATE
+    WHERE account_id = :account FOR UPDATE
 """)
 
 GET_ACCOUNT = text("""
@@ -27,6 +27,7 @@ GET_ACCOUNT = text("""
 CREATE_ACCOUNT = text("""
     INSERT INTO accounts (account_id, plan) VALUES (:account, :plan)
     ON CONFLICT (account_id) DO NOTHING
+    RETURNING account_id
 """)
 
 SET_PLAN = text("""
@@ -64,9 +65,10 @@ class PostgresAccounts:
         ).first()
         return _row(row) if row is not None else None
 
-    async def create(self, account: str, plan: str) -> None:
-        """Create the account on ``plan`` unless it exists."""
-        await self._conn.execute(CREATE_ACCOUNT, {"account": account, "plan": plan})
+    async def create(self, account: str, plan: str) -> bool:
+        """Create the account on ``plan`` unless it exists; True if this call created it."""
+        result = await self._conn.execute(CREATE_ACCOUNT, {"account": account, "plan": plan})
+        return result.first() is not None
 
     async def set_plan(self, account: str, plan: str, status: str, at: datetime) -> None:
         """Move the account to ``plan`` / ``status`` from ``at``."""

@@ -17,12 +17,15 @@ from billing_worker.domain.pricebook import CreditSource, PriceBook
 # A plan grant per (account, period, plan), from the plan the account is on when it is
 # first needed; the grant key makes it once whatever the retries and replicas.
 ALLOCATE_PLAN_GRANTS = text("""
-    WITH needed AS (
+    WITH terms AS (
+        SELECT * FROM json_to_recordset(CAST(:terms AS json))
+            AS t(plan text, amount numeric, priority int)
+    ), needed AS (
         SELECT n.a, n.ps, n.pe, t.plan, t.amount, t.priority
         FROM json_to_recordset(CAST(:needed AS json)) AS n(a text, ps timestamptz, pe timestamptz)
         JOIN accounts AS acc ON acc.account_id = n.a
-        JOIN json_to_recordset(CAST(:terms AS json)) AS t(plan text, amount numeric, priority int)
-          ON t.plan = acc.plan
+        JOIN terms AS t
+          ON t.plan = coalesce((SELECT plan FROM terms WHERE plan = acc.plan), :default_plan)
         WHERE t.amount > 0
     ), granted AS (
         INSERT INTO credit_grants (account_id, source, amount, remaining, priority,
@@ -141,7 +144,12 @@ class PostgresCredits:
         ]
         await self._conn.execute(
             ALLOCATE_PLAN_GRANTS,
-            {"needed": _json(rows), "terms": _json(terms), "version": book.version},
+            {
+                "needed": _json(rows),
+                "terms": _json(terms),
+                "version": book.version,
+                "default_plan": book.default_plan,
+            },
         )
 
     async def live_grants(self, accounts: Sequence[str], now: datetime) -> list[GrantBalance]:
