@@ -22,8 +22,11 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from billing_worker.domain.pricebook import (
+    AGGREGATIONS_THAT_ADD,
     DEFAULT_GRANT_PRIORITY,
     DEFAULT_THRESHOLDS,
+    MAX_DIGITS,
+    MAX_PLACES,
     ZERO,
     Aggregation,
     CreditProduct,
@@ -43,6 +46,7 @@ from billing_worker.domain.pricebook import (
     StripePrice,
     Tier,
     Volume,
+    within_quantity_bounds,
 )
 
 DEFAULT_PRICEBOOK_NAME = "default.toml"
@@ -136,6 +140,12 @@ class _Reader:
             raise self.fail(key, f"must be {what}, not {_shown(value)}") from None
         if not number.is_finite() or number < 0 or (positive and number == 0):
             raise self.fail(key, f"must be {what}, not {_shown(value)}")
+        if not within_quantity_bounds(number):
+            raise self.fail(
+                key,
+                f"must have at most {MAX_DIGITS} digits, {MAX_PLACES} after the point, "
+                f"not {_shown(value)}",
+            )
         return number
 
     def integer(self, value: object, key: str, low: int, high: int) -> int:
@@ -202,6 +212,13 @@ class _Reader:
             meter: self.number(cost, f"credit_costs.{meter}") for meter, cost in costs_table.items()
         }
         self.check_meters_known(costs, "credit_costs")
+        for meter in costs:
+            if meter in meters and meters[meter].aggregation not in AGGREGATIONS_THAT_ADD:
+                raise self.fail(
+                    f"credit_costs.{meter}",
+                    f"a {meters[meter].aggregation} meter has no per-event amount to charge "
+                    "credits for (use a sum or count meter)",
+                )
         credit_terms = self.table(raw.get("credits", {}), "credits")
         self.only(credit_terms, "credits", ("low_balance",))
         low = self.number(credit_terms.get("low_balance", 0), "credits.low_balance")

@@ -12,10 +12,10 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from billing_worker.domain.periods import BillingPeriod
-from billing_worker.domain.pricebook import CreditSource, PriceBook
+from billing_worker.domain.pricebook import EXACT, CreditSource, PriceBook
 from billing_worker.domain.usage import LedgerEntry
 
 ZERO = Decimal(0)
@@ -66,19 +66,20 @@ class CreditCharge:
 
 def credit_charges(entries: Iterable[LedgerEntry], book: PriceBook) -> list[CreditCharge]:
     """The credit cost of each entry on a credit-priced meter, in a fixed order."""
-    charges = [
-        CreditCharge(
-            account=entry.account,
-            meter=entry.meter,
-            credits=entry.quantity * book.credit_costs[entry.meter],
-            period=entry.period,
-            source=entry.source,
-            event_id=entry.event_id,
-            occurred_at=entry.occurred_at,
-        )
-        for entry in entries
-        if entry.meter in book.credit_costs and entry.quantity > 0
-    ]
+    with localcontext(EXACT):
+        charges = [
+            CreditCharge(
+                account=entry.account,
+                meter=entry.meter,
+                credits=entry.quantity * book.credit_costs[entry.meter],
+                period=entry.period,
+                source=entry.source,
+                event_id=entry.event_id,
+                occurred_at=entry.occurred_at,
+            )
+            for entry in entries
+            if entry.meter in book.credit_costs and entry.quantity > 0
+        ]
     charges.sort(key=lambda c: (c.account, c.occurred_at, c.source, c.event_id, c.meter))
     return charges
 
@@ -130,6 +131,14 @@ class BurnResult:
 
 def burn_credits(
     grants: Sequence[GrantBalance], charges: Sequence[CreditCharge], *, low_balance: Decimal
+) -> BurnResult:
+    """Burn ``charges`` from ``grants`` (see ``_burn``), in exact arithmetic."""
+    with localcontext(EXACT):
+        return _burn(grants, charges, low_balance)
+
+
+def _burn(
+    grants: Sequence[GrantBalance], charges: Sequence[CreditCharge], low_balance: Decimal
 ) -> BurnResult:
     """Burn ``charges`` from ``grants`` in burn order; report movements and alerts.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from types import MappingProxyType
 
 from billing_worker.domain.errors import PermanentError, UnknownEventType
@@ -18,6 +18,28 @@ Scalar = str | int | float | bool | None
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
+
+MAX_DIGITS, MAX_PLACES = 38, 18
+"""Bounds of every quantity, price and credit amount (the usage event's ``quantity``
+bounds): sums and products of such numbers stay exact in ``EXACT``."""
+
+EXACT = Context(prec=200, traps=[Inexact, Overflow, InvalidOperation])
+"""Arithmetic on bounded quantities: wide enough that sums and products never round, and
+loud (``Inexact``) if they ever would."""
+
+
+def within_quantity_bounds(value: Decimal) -> bool:
+    """At most ``MAX_DIGITS`` significant digits, at most ``MAX_PLACES`` after the point."""
+    _sign, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return False
+    significant = list(digits)
+    while len(significant) > 1 and significant[-1] == 0:  # trailing zeros carry no precision
+        significant.pop()
+        exponent += 1
+    places = max(-exponent, 0)
+    whole = max(len(significant) + exponent, 0)
+    return places <= MAX_PLACES and whole + places <= MAX_DIGITS
 
 
 class Aggregation(enum.StrEnum):
@@ -82,7 +104,7 @@ class Meter:
             return None
         raw = dimensions[self.value_field]
         if self.aggregation is Aggregation.UNIQUE_COUNT:
-            return ONE
+            return None if raw is None else ONE
         if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
             raise InvalidMeterValue(
                 f"data.{self.value_field} feeds meter {self.name!r} and must be a "
@@ -96,6 +118,11 @@ class Meter:
             raise InvalidMeterValue(
                 f"data.{self.value_field} feeds meter {self.name!r} and must be a "
                 f"non-negative number, not {raw!r}"
+            )
+        if not within_quantity_bounds(value):
+            raise InvalidMeterValue(
+                f"data.{self.value_field} feeds meter {self.name!r} and must have at most "
+                f"{MAX_DIGITS} digits, {MAX_PLACES} of them after the point, not {raw!r}"
             )
         return value
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from billing_worker.domain.periods import BillingPeriod
-from billing_worker.domain.pricebook import Enforcement, PriceBook
+from billing_worker.domain.pricebook import EXACT, Enforcement, PriceBook
 
 HUNDRED = Decimal(100)
 
@@ -60,6 +60,11 @@ def crossed_thresholds(book: PriceBook, usages: Iterable[PeriodUsage]) -> list[T
     "before" is unknown). The store writes each crossing at most once per period, ever,
     so crashes, redeliveries and replicas can't announce a threshold twice.
     """
+    with localcontext(EXACT):
+        return sorted(_crossings(book, usages))
+
+
+def _crossings(book: PriceBook, usages: Iterable[PeriodUsage]) -> list[ThresholdCrossing]:
     crossings = []
     for usage in usages:
         plan = book.plan(usage.plan)
@@ -81,7 +86,7 @@ def crossed_thresholds(book: PriceBook, usages: Iterable[PeriodUsage]) -> list[T
                         enforcement=terms.enforcement,
                     )
                 )
-    return sorted(crossings)
+    return crossings
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,11 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from billing_worker.domain.errors import EventTimeInFuture
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
-from billing_worker.domain.pricebook import Aggregation, MeterFeed, PriceBook
+from billing_worker.domain.pricebook import EXACT, Aggregation, MeterFeed, PriceBook
 
 Scalar = str | int | float | bool | None
 IdempotencyKey = tuple[str, str]
@@ -224,23 +224,28 @@ def aggregate_deltas(entries: Iterable[LedgerEntry]) -> list[AggregateDelta]:
     for entry in entries:
         groups.setdefault((entry.account, entry.meter, entry.period), []).append(entry)
     deltas = []
-    for (account, meter, period), group in sorted(groups.items()):
-        aggregation = group[0].aggregation
-        latest_at = None
-        unique_values: tuple[str, ...] = ()
-        if aggregation is Aggregation.MAX:
-            quantity = max(e.quantity for e in group)
-        elif aggregation is Aggregation.LATEST:
-            newest = max(enumerate(group), key=lambda pair: (pair[1].occurred_at, pair[0]))[1]
-            quantity, latest_at = newest.quantity, newest.occurred_at
-        elif aggregation is Aggregation.UNIQUE_COUNT:
-            unique_values = tuple(sorted({e.unique_value for e in group if e.unique_value}))
-            quantity = Decimal(0)
-        else:
-            quantity = sum((e.quantity for e in group), Decimal(0))
-        deltas.append(
-            AggregateDelta(
-                account, meter, period, quantity, len(group), aggregation, latest_at, unique_values
-            )
-        )
+    with localcontext(EXACT):
+        for key, group in sorted(groups.items()):
+            deltas.append(_fold(key, group))
     return deltas
+
+
+def _fold(key: tuple[str, str, BillingPeriod], group: list[LedgerEntry]) -> AggregateDelta:
+    """One key's entries folded by the meter's aggregation."""
+    account, meter, period = key
+    aggregation = group[0].aggregation
+    latest_at = None
+    unique_values: tuple[str, ...] = ()
+    if aggregation is Aggregation.MAX:
+        quantity = max(e.quantity for e in group)
+    elif aggregation is Aggregation.LATEST:
+        newest = max(enumerate(group), key=lambda pair: (pair[1].occurred_at, pair[0]))[1]
+        quantity, latest_at = newest.quantity, newest.occurred_at
+    elif aggregation is Aggregation.UNIQUE_COUNT:
+        unique_values = tuple(sorted({e.unique_value for e in group if e.unique_value}))
+        quantity = Decimal(0)
+    else:
+        quantity = sum((e.quantity for e in group), Decimal(0))
+    return AggregateDelta(
+        account, meter, period, quantity, len(group), aggregation, latest_at, unique_values
+    )

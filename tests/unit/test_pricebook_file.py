@@ -386,6 +386,24 @@ BROKEN_BOOKS = [
         "must be a string, integer or boolean, not a table",
         id="filter-with-table-value",
     ),
+    pytest.param(
+        swap("api_calls = 10", "api_calls = 1e999999"),
+        "credit_costs.api_calls",
+        "at most 38 digits",
+        id="absurd-credit-cost",
+    ),
+    pytest.param(
+        swap('unit_price = "0.01"', 'unit_price = "0.0000000000000000001"'),
+        "prices.tokens.tiers[0].unit_price",
+        "18 after the point",
+        id="too-precise-price",
+    ),
+    pytest.param(
+        swap("api_calls = 10", "api_calls = 10\npeak_storage = 1"),
+        "credit_costs.peak_storage",
+        "a max meter has no per-event amount",
+        id="credit-cost-on-max-meter",
+    ),
 ]
 
 

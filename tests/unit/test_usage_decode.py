@@ -88,3 +88,42 @@ def test_schema_detail_names_the_field(consumer: UsageConsumer) -> None:
     with pytest.raises(PermanentError) as caught:
         decode(consumer, usage_body(data={"quantity": "-1"}))
     assert "data.quantity" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    ["1e999999999", "1" * 40, "0.0000000000000000001", -3, "NaN", "lots", True],
+)
+def test_meter_values_from_data_fields_are_bounded(consumer: UsageConsumer, tokens: object) -> None:
+    """A meter reading a named data field gets the same bounds as data.quantity: absurd,
+    over-precise, negative or non-numeric values are schema violations at decode, never a
+    batch that fails (and comes back) for ever."""
+    body = usage_body(
+        type="ai.inference", time="2026-11-21T11:00:00Z", data={"tokens": tokens, "model": "gpt-4"}
+    )
+    assert reason_of(consumer, body) == "schema_violation"
+
+
+def test_38_digit_quantities_sum_exactly() -> None:
+    """Aggregating the largest quantities the schema allows never rounds (Python's default
+    context would keep 28 digits)."""
+    from billing_worker.domain.usage import (  # noqa: PLC0415
+        UsageRecord,
+        aggregate_deltas,
+        ledger_entries_for,
+    )
+
+    big = Decimal("12345678901234567890.123456789012345678")
+    records = [
+        UsageRecord(
+            source="s",
+            event_id=f"e{i}",
+            event_type="chat.tokens",
+            account="a",
+            occurred_at=NOW,
+            quantity=big,
+        )
+        for i in range(3)
+    ]
+    (delta,) = aggregate_deltas(ledger_entries_for(records, DEFAULT_BOOK))
+    assert delta.quantity == Decimal("37037036703703703670.370370367037037034")
