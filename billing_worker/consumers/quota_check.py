@@ -67,6 +67,8 @@ class QuotaCheckConsumer:
             await self._queue.cancel(self._tag)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
+        for task in list(self._tasks):  # past the grace: their callers time out
+            task.cancel()
 
     def _on_delivery(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._answer(delivery))
@@ -119,6 +121,9 @@ class QuotaCheckConsumer:
             return _error(
                 "quota check temporarily unavailable: the database is unreachable"
             ), "error"
+        except Exception:  # every request is answered, even when the worker has a bug
+            log.exception("quota_check_failed")
+            return _error("quota check failed inside the worker (see its logs)"), "error"
         answer = result.answer
         reply = QuotaCheckReply(
             account=request.account,

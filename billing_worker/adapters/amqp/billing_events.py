@@ -29,6 +29,7 @@ from billing_worker.adapters.postgres.outbox_store import (
 log = structlog.get_logger(__name__)
 
 APP_ID = "billing-worker"
+PUBLISH_TIMEOUT_SECONDS = 30.0
 
 
 def billing_event_message(event_id: str, event_type: str, body: bytes) -> aio_pika.Message:
@@ -86,17 +87,24 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()  # a wake-up during the round below starts the next at once
             try:
                 published = await self.relay_once()
             except asyncio.CancelledError:
-                raise
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                # aiormq fails pending confirms with CancelledError when a connection
+                # dies: a broker failure like any other, not a request to stop.
+                log.warning("outbox_relay_failed", error="publish cancelled by the client")
+                await asyncio.sleep(self._retry_pause)
+                continue
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
                 log.warning("outbox_relay_failed", error=repr(exc))
                 await asyncio.sleep(self._retry_pause)
                 continue
             if published >= self._batch_size:
                 continue  # more are waiting
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_interval):
                     await self._wake.wait()
@@ -125,6 +133,9 @@ class OutboxRelay:
                     billing_event_message(p.event_id, p.event_type, p.body),
                     routing_key=p.event_type,
                     mandatory=False,  # an event nobody subscribes to yet is still published
+                    # a broker blocking publishers (memory or disk alarm) must not hold the
+                    # transaction and its connection for as long as the alarm lasts
+                    timeout=PUBLISH_TIMEOUT_SECONDS,
                 )
                 for p in pending
             )
