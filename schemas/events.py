@@ -222,6 +222,39 @@ class SubscriptionChangedData(_Payload):
     cause: Name = Field(description="What changed it, e.g. operator or stripe.")
 
 
+CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
+"""A three-letter ISO 4217 currency code in lower case, as Stripe writes it: ``usd``."""
+
+
+class InvoicePaymentData(_Payload):
+    """``data`` of ``invoice.paid`` and ``invoice.payment_failed``: a Stripe invoice's payment.
+
+    ``amount`` is in the currency's major unit: 990 cents of ``usd`` is ``"9.90"``, while a
+    zero-decimal currency such as ``jpy`` has no fraction (``"990"``).
+    """
+
+    invoice_id: Identifier | None = Field(
+        description="Our invoice id when the Stripe invoice was synced from one; null otherwise."
+    )
+    stripe_invoice_id: Identifier = Field(description="The Stripe invoice id, e.g. in_1Pq...")
+    amount: NonNegativeDecimalString = Field(
+        description=(
+            "Money in the currency's major unit, e.g. 9.90: the amount paid (invoice.paid) "
+            "or the amount that could not be collected (invoice.payment_failed)."
+        )
+    )
+    currency: CurrencyCode = Field(description="Lower-case ISO 4217 code, e.g. usd.")
+    attempt_count: Annotated[int, Field(ge=0)] | None = Field(
+        description="Payment attempts Stripe has made on the invoice, if known."
+    )
+    failure_message: str | None = Field(
+        description="Why the last attempt failed, if known; usually null for invoice.paid."
+    )
+    hosted_invoice_url: str | None = Field(
+        description="Stripe's page where the customer can view and pay the invoice, if any."
+    )
+
+
 DataT_co = TypeVar("DataT_co", bound=BaseModel, covariant=True)
 """The payload model of an envelope. Covariant (envelopes are frozen), so every per-type
 envelope is a ``BillingEvent[BaseModel]`` to code that handles events generically."""
@@ -325,6 +358,22 @@ class SubscriptionChangedEvent(BillingEvent[SubscriptionChangedData]):
     type: Literal["subscription.changed"] = "subscription.changed"
 
 
+class InvoicePaidEvent(BillingEvent[InvoicePaymentData]):
+    """``invoice.paid``: a Stripe invoice of the account was paid."""
+
+    model_config = _config("invoice-paid", "InvoicePaidEvent")
+
+    type: Literal["invoice.paid"] = "invoice.paid"
+
+
+class InvoicePaymentFailedEvent(BillingEvent[InvoicePaymentData]):
+    """``invoice.payment_failed``: an attempt to collect a Stripe invoice of the account failed."""
+
+    model_config = _config("invoice-payment-failed", "InvoicePaymentFailedEvent")
+
+    type: Literal["invoice.payment_failed"] = "invoice.payment_failed"
+
+
 EVENT_TYPES: Mapping[str, type[BillingEvent[Any]]] = MappingProxyType(
     {
         "quota.warning": QuotaWarningEvent,
@@ -333,6 +382,8 @@ EVENT_TYPES: Mapping[str, type[BillingEvent[Any]]] = MappingProxyType(
         "credits.exhausted": CreditsExhaustedEvent,
         "usage.rejected": UsageRejectedEvent,
         "subscription.changed": SubscriptionChangedEvent,
+        "invoice.paid": InvoicePaidEvent,
+        "invoice.payment_failed": InvoicePaymentFailedEvent,
     }
 )
 """Event ``type`` -> its envelope class, for every billing event modelled here."""

@@ -12,6 +12,8 @@ from pydantic.json_schema import JsonSchemaMode
 from schemas.events import (
     CreditsExhaustedEvent,
     CreditsLowEvent,
+    InvoicePaidEvent,
+    InvoicePaymentFailedEvent,
     QuotaExceededEvent,
     QuotaWarningEvent,
     SubscriptionChangedEvent,
@@ -33,6 +35,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "credits-exhausted.v1.json": CreditsExhaustedEvent,
     "usage-rejected.v1.json": UsageRejectedEvent,
     "subscription-changed.v1.json": SubscriptionChangedEvent,
+    "invoice-paid.v1.json": InvoicePaidEvent,
+    "invoice-payment-failed.v1.json": InvoicePaymentFailedEvent,
 }
 """Published file name -> the model it describes."""
 
@@ -46,6 +50,8 @@ WRITTEN_BY_WORKER: frozenset[type[BaseModel]] = frozenset(
         CreditsExhaustedEvent,
         UsageRejectedEvent,
         SubscriptionChangedEvent,
+        InvoicePaidEvent,
+        InvoicePaymentFailedEvent,
     }
 )
 """Models the worker serialises: consumers see their *serialization* schema (decimal

@@ -21,6 +21,9 @@ from schemas import (
     CreditsEventData,
     CreditsExhaustedEvent,
     CreditsLowEvent,
+    InvoicePaidEvent,
+    InvoicePaymentData,
+    InvoicePaymentFailedEvent,
     QuotaCheckError,
     QuotaCheckReply,
     QuotaCheckRequest,
@@ -81,6 +84,20 @@ def quota_data(**overrides: Any) -> QuotaEventData:
     return QuotaEventData(**(fields | overrides))
 
 
+def invoice_data(**overrides: Any) -> InvoicePaymentData:
+    """A valid invoice payment payload: 990 cents of usd, synced from our invoice inv_7."""
+    fields: dict[str, Any] = {
+        "invoice_id": "inv_7",
+        "stripe_invoice_id": "in_1PqRsTuVwXyZ",
+        "amount": Decimal("9.90"),
+        "currency": "usd",
+        "attempt_count": 1,
+        "failure_message": None,
+        "hosted_invoice_url": "https://invoice.stripe.com/i/acct_1/test_abc",
+    }
+    return InvoicePaymentData(**(fields | overrides))
+
+
 def example_events() -> dict[str, BillingEvent[Any]]:
     """One valid event of every type, built the way the worker builds them."""
     common: dict[str, Any] = {"subject": "acct_42", "time": AT}
@@ -114,6 +131,12 @@ def example_events() -> dict[str, BillingEvent[Any]]:
         CreditsExhaustedEvent(id="e", data=exhausted, **common),
         UsageRejectedEvent(id="r", data=rejected, **common),
         SubscriptionChangedEvent(id="s", data=changed, **common),
+        InvoicePaidEvent(id="p", data=invoice_data(), **common),
+        InvoicePaymentFailedEvent(
+            id="f",
+            data=invoice_data(attempt_count=2, failure_message="Your card was declined."),
+            **common,
+        ),
     ]
     return {event.type: event for event in events}
 
@@ -462,6 +485,8 @@ class TestEnvelopes:
             "credits.exhausted",
             "usage.rejected",
             "subscription.changed",
+            "invoice.paid",
+            "invoice.payment_failed",
         }
         for event_type, envelope in EVENT_TYPES.items():
             assert envelope.model_fields["type"].default == event_type
@@ -573,6 +598,108 @@ class TestEnvelopes:
         event = example_events()["quota.warning"]
         with pytest.raises(ValidationError):
             event.subject = "acct_43"  # type: ignore[misc]
+
+
+class TestInvoicePaymentEvents:
+    def test_paid_wire_form(self) -> None:
+        """invoice.paid data carries the amount as a major-unit decimal string and every field,
+        nulls included."""
+        body = json.loads(example_events()["invoice.paid"].model_dump_json())
+        assert body["type"] == "invoice.paid"
+        assert body["data"] == {
+            "invoice_id": "inv_7",
+            "stripe_invoice_id": "in_1PqRsTuVwXyZ",
+            "amount": "9.90",
+            "currency": "usd",
+            "attempt_count": 1,
+            "failure_message": None,
+            "hosted_invoice_url": "https://invoice.stripe.com/i/acct_1/test_abc",
+        }
+
+    def test_failed_round_trips_with_nulls(self) -> None:
+        """invoice.payment_failed for a Stripe-only invoice (no id of ours, no attempt count,
+        no page) parses back equal and matches its published schema."""
+        event = InvoicePaymentFailedEvent(
+            id="f",
+            subject="acct_42",
+            time=AT,
+            data=invoice_data(
+                invoice_id=None,
+                attempt_count=None,
+                hosted_invoice_url=None,
+                failure_message="Your card has insufficient funds.",
+            ),
+        )
+        text = event.model_dump_json()
+        assert json.loads(text)["data"]["invoice_id"] is None
+        assert InvoicePaymentFailedEvent.model_validate_json(text) == event
+        validator = published_validator(InvoicePaymentFailedEvent)
+        assert list(validator.iter_errors(json.loads(text))) == []
+
+    @pytest.mark.parametrize(
+        ("amount", "wire"),
+        [
+            (Decimal("9.90"), "9.90"),
+            (Decimal(990), "990"),
+            (Decimal("1E+3"), "1000"),
+            (Decimal("0.00"), "0.00"),
+        ],
+    )
+    def test_amount_is_a_plain_decimal_string(self, amount: Decimal, wire: str) -> None:
+        """The amount is written positionally with its scale kept, and read back exactly."""
+        data = invoice_data(amount=amount)
+        assert json.loads(data.model_dump_json())["amount"] == wire
+        assert InvoicePaymentData.model_validate_json(data.model_dump_json()).amount == amount
+
+    @pytest.mark.parametrize("raw", ["990", "9.9", '"9.9e0"', '"-9.90"', '"9,90"'])
+    def test_amount_numbers_exponents_and_negatives_refused(self, raw: str) -> None:
+        """On the wire the amount is a non-negative decimal string: no JSON number (cents
+        passed through unconverted), no exponent, no minus sign."""
+        original = invoice_data().model_dump_json()
+        text = original.replace('"amount":"9.90"', f'"amount":{raw}')
+        assert text != original
+        assert any(loc == ("amount",) for _, loc in errors_of(InvoicePaymentData, text))
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("currency", "USD"),
+            ("currency", "us"),
+            ("currency", "usdc"),
+            ("attempt_count", -1),
+            ("attempt_count", True),
+            ("attempt_count", "1"),
+            ("stripe_invoice_id", ""),
+            ("stripe_invoice_id", None),
+            ("invoice_id", ""),
+        ],
+    )
+    def test_malformed_fields_refused(self, field: str, value: object) -> None:
+        """Currency is a lower-case three-letter code; attempt_count a non-negative integer
+        (no booleans or strings); ids are non-empty and the Stripe id is required."""
+        body = json.loads(invoice_data().model_dump_json()) | {field: value}
+        assert any(loc[:1] == (field,) for _, loc in errors_of(InvoicePaymentData, body))
+
+    @pytest.mark.parametrize("field", sorted(InvoicePaymentData.model_fields))
+    def test_every_field_required(self, field: str) -> None:
+        """Even the nullable fields must be present, so subscribers never guess a default."""
+        body = json.loads(invoice_data().model_dump_json())
+        del body[field]
+        assert ("missing", (field,)) in errors_of(InvoicePaymentData, body)
+
+    def test_paid_and_failed_types_not_interchangeable(self) -> None:
+        """A paid envelope refuses the failed type and vice versa, in the models and in the
+        published schemas."""
+        paid = json.loads(example_events()["invoice.paid"].model_dump_json())
+        failed = json.loads(example_events()["invoice.payment_failed"].model_dump_json())
+        assert ("literal_error", ("type",)) in errors_of(
+            InvoicePaidEvent, paid | {"type": "invoice.payment_failed"}
+        )
+        assert ("literal_error", ("type",)) in errors_of(
+            InvoicePaymentFailedEvent, failed | {"type": "invoice.paid"}
+        )
+        assert list(published_validator(InvoicePaidEvent).iter_errors(failed))
+        assert list(published_validator(InvoicePaymentFailedEvent).iter_errors(paid))
 
 
 class TestPublishedSchemas:
