@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
+    stripe_signature_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
+    stripe_relay_host: str = "0.0.0.0"  # noqa: S104 - Stripe (or a proxy) calls in from outside
+    stripe_relay_port: int = Field(default=8080, ge=0, le=65535)
+    stripe_relay_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
 
     batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)

@@ -92,11 +92,17 @@ async def namespace() -> AsyncIterator[str]:
     yield ns
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
-        for queue in ("billing-worker.usage", "billing-worker.usage.dlq", "billing.quota.check"):
+        for queue in (
+            "billing-worker.usage",
+            "billing-worker.usage.dlq",
+            "billing.quota.check",
+            "billing-worker.stripe",
+            "billing-worker.stripe.dlq",
+        ):
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(f"{ns}.{queue}")
-        for exchange in ("billing.usage", "billing.events"):
+        for exchange in ("billing.usage", "billing.events", "billing.stripe"):
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.exchange_delete(f"{ns}.{exchange}")

@@ -1,4 +1,5 @@
-"""The ``billing-worker`` command: ``run`` the worker, ``migrate`` the database."""
+"""The ``billing-worker`` command: ``run`` the worker, ``migrate`` the database, relay Stripe
+webhooks (``stripe-relay``)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="create and migrate the database, then consume until SIGTERM/SIGINT"
     )
     commands.add_parser("migrate", help="create the database if missing and apply migrations")
+    commands.add_parser(
+        "stripe-relay",
+        help="serve POST /stripe/webhook and forward each Stripe delivery, unchanged, to "
+        "RabbitMQ (BILLING_STRIPE_RELAY_HOST/PORT/MAX_BODY_BYTES); until SIGTERM/SIGINT",
+    )
     from billing_worker.bench.command import add_arguments  # noqa: PLC0415
 
     bench = commands.add_parser(
@@ -51,6 +57,12 @@ def _run(settings: Settings) -> int:
     if book is None:
         return 2
     return _event_loop_run(serve(settings, book))
+
+
+def _stripe_relay(settings: Settings) -> int:
+    from billing_worker.entrypoints.stripe_relay import serve  # noqa: PLC0415 - keep --help fast
+
+    return _event_loop_run(serve(settings))
 
 
 def load_configured_pricebook(settings: Settings) -> PriceBook | None:
@@ -103,10 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"billing-worker: invalid configuration: {exc}\n")
         return 2
     # Commands that print a report keep their logs off stdout.
-    logs_to = sys.stdout if args.command in ("run", "migrate") else sys.stderr
+    logs_to = sys.stdout if args.command in ("run", "migrate", "stripe-relay") else sys.stderr
     configure_logging(settings.log_level, logs_to)
     if args.command == "run":
         return _run(settings)
+    if args.command == "stripe-relay":
+        return _stripe_relay(settings)
     if args.command == "bench":
         return _bench(args, settings)
     if args.command == "migrate":

@@ -37,6 +37,16 @@ class Topology:
         return self.name("billing.events")
 
     @property
+    def stripe_exchange(self) -> str:
+        """Fanout exchange the Stripe relay publishes webhook deliveries to."""
+        return self.name("billing.stripe")
+
+    @property
+    def stripe_queue(self) -> str:
+        """Quorum queue the worker consumes relayed Stripe events from."""
+        return self.name("billing-worker.stripe")
+
+    @property
     def quota_check_queue(self) -> str:
         """Queue of quota-check requests (producers publish to the default exchange)."""
         return self.name("billing.quota.check")
@@ -101,4 +111,22 @@ async def declare_quota_check_queue(channel: AbstractChannel, topology: Topology
         topology.quota_check_queue,
         durable=True,
         arguments={"x-queue-type": "quorum", "x-message-ttl": QUOTA_CHECK_TTL_MS},
+    )
+
+
+async def declare_stripe_topology(channel: AbstractChannel, topology: Topology) -> AbstractQueue:
+    """Declare the Stripe exchange, the worker's Stripe queue and its DLQ."""
+    return await declare_consumed_queue(
+        channel,
+        topology.stripe_queue,
+        exchange=topology.stripe_exchange,
+        binding_key="",
+        exchange_type=aio_pika.ExchangeType.FANOUT,
+    )
+
+
+async def declare_stripe_exchange(channel: AbstractChannel, topology: Topology) -> None:
+    """Declare the exchange the relay publishes to (the worker binds its queue to it)."""
+    await channel.declare_exchange(
+        topology.stripe_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
