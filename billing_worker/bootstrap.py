@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,9 +20,13 @@ from billing_worker.adapters.postgres.usage_store import KnownAccounts, Postgres
 from billing_worker.config import Settings
 from billing_worker.consumers.batching import BatchingConsumer, BatchPolicy
 from billing_worker.consumers.quota_check import QuotaCheckConsumer
+from billing_worker.consumers.stripe import StripeCommand, StripeConsumer
 from billing_worker.consumers.usage import UsageConsumer, usage_rejected_notice
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.usage import UsageRecord
+
+STRIPE_BATCH_SIZE = 50
+"""Stripe events come a few at a time, each applied in its own transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,14 @@ class Components:
     usage_consumer: BatchingConsumer[UsageRecord]
     quota_check: QuotaCheckConsumer
     relay: OutboxRelay
+    stripe_consumer: BatchingConsumer[StripeCommand] | None = None
+    """None when BILLING_STRIPE_WEBHOOK_SECRET is unset: nothing is accepted unverified."""
+
+    @property
+    def consumers(self) -> list[BatchingConsumer[Any]]:
+        """The batching consumers, usage first."""
+        extra = [self.stripe_consumer] if self.stripe_consumer is not None else []
+        return [self.usage_consumer, *extra]
 
 
 def batch_policy(settings: Settings) -> BatchPolicy:
@@ -60,6 +74,7 @@ def build_components(
     reply_exchange: AbstractExchange,
     publish_channel: AbstractChannel,
     metrics: Metrics,
+    stripe_queue: DeliverySource | None = None,
 ) -> Components:
     """Wire the consumers and the outbox relay to the database and the broker."""
     topology = topology_for(settings)
@@ -80,7 +95,27 @@ def build_components(
         book,
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
     )
+    stripe_consumer = None
+    secret = settings.stripe_webhook_secret
+    if stripe_queue is not None and secret is not None:
+        stripe = StripeConsumer(
+            unit_of_work,
+            book,
+            secret=secret.get_secret_value(),
+            tolerance_seconds=settings.stripe_signature_tolerance_seconds,
+            events=metrics.stripe_events,
+            # the relay's limit: what it accepted, the worker reads
+            max_body_bytes=settings.stripe_relay_max_body_bytes,
+        )
+        stripe_consumer = BatchingConsumer(
+            stripe_queue,
+            stripe,
+            dead_letters,
+            metrics.for_queue(stripe_queue.name),
+            dataclasses.replace(batch_policy(settings), max_size=STRIPE_BATCH_SIZE),
+        )
     return Components(
+        stripe_consumer=stripe_consumer,
         usage_consumer=BatchingConsumer(
             usage_queue,
             usage,

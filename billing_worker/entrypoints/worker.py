@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
-import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +23,7 @@ from billing_worker import __version__
 from billing_worker.adapters.amqp.subscription import QueueSubscription
 from billing_worker.adapters.amqp.topology import (
     declare_quota_check_queue,
+    declare_stripe_topology,
     declare_usage_topology,
 )
 from billing_worker.adapters.observability.http import HealthServer, Readiness, health_app
@@ -38,6 +37,7 @@ from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
 from billing_worker.bootstrap import Components, build_components, topology_for
 from billing_worker.config import Settings
 from billing_worker.domain.pricebook import PriceBook
+from billing_worker.entrypoints.signals import stop_on_signals
 from billing_worker.service.accounts import expire_credits
 
 log = structlog.get_logger(__name__)
@@ -45,6 +45,7 @@ log = structlog.get_logger(__name__)
 PROBE_INTERVAL_SECONDS = 2.0
 QUOTA_CHECK_PREFETCH = 64
 QUOTA_CHECK_POOL_SIZE = 2
+STRIPE_PREFETCH = 100
 LAST_RELAY_SECONDS = 5.0
 CREDIT_EXPIRY_INTERVAL_SECONDS = 60.0
 
@@ -68,13 +69,16 @@ class Worker:
         self._components: Components | None = None
         self._probe: asyncio.Task[None] | None = None
         self._subscription: QueueSubscription | None = None
+        self._stripe_subscription: QueueSubscription | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
-    def consumer_finished(self) -> asyncio.Future[None] | None:
-        """Done when the usage consumer's loop ends (after ``stop``, or if it died)."""
-        return self._components.usage_consumer.finished if self._components else None
+    def consumers_finished(self) -> list[asyncio.Future[None]]:
+        """Each done when its consumer's loop ends (after ``stop``, or if it died)."""
+        if self._components is None:
+            return []
+        return [f for c in self._components.consumers if (f := c.finished) is not None]
 
     @property
     def components(self) -> Components:
@@ -125,6 +129,12 @@ class Worker:
         await quota_channel.set_qos(prefetch_count=QUOTA_CHECK_PREFETCH)
         quota_queue = await declare_quota_check_queue(quota_channel, topology_for(s))
         self._subscription = QueueSubscription(consume_channel, usage_queue.name)
+        self._stripe_subscription = None
+        if s.stripe_webhook_secret is not None:
+            stripe_channel = await self._connection.channel(publisher_confirms=False)
+            await stripe_channel.set_qos(prefetch_count=STRIPE_PREFETCH)
+            stripe_queue = await declare_stripe_topology(stripe_channel, topology_for(s))
+            self._stripe_subscription = QueueSubscription(stripe_channel, stripe_queue.name)
         self._components = build_components(
             s,
             book=self.book,
@@ -135,9 +145,11 @@ class Worker:
             reply_exchange=quota_channel.default_exchange,
             publish_channel=publish_channel,
             metrics=self.metrics,
+            stripe_queue=self._stripe_subscription,
         )
         await self._components.relay.start()
-        await self._components.usage_consumer.start()
+        for consumer in self._components.consumers:
+            await consumer.start()
         await self._components.quota_check.start()
         self._housekeeping = asyncio.create_task(self._expire_credits_forever(), name="credits")
         await self._check_dependencies()
@@ -163,7 +175,8 @@ class Worker:
         drained = True
         if self._components is not None:
             grace = self.settings.shutdown_grace_seconds
-            drained = await self._components.usage_consumer.stop(grace)
+            for consumer in self._components.consumers:
+                drained = await consumer.stop(grace) and drained
             await self._components.quota_check.stop(grace)
             await self._components.relay.stop()
             await self._publish_last_events(self._components)
@@ -188,10 +201,13 @@ class Worker:
     def _note_stripe(self) -> None:
         s = self.settings
         if s.stripe_webhook_secret is None:
-            note = "off: BILLING_STRIPE_WEBHOOK_SECRET is not set"
+            note = (
+                "off: BILLING_STRIPE_WEBHOOK_SECRET is not set, so relayed Stripe events are "
+                "not consumed (they wait in their queue; nothing is accepted unverified)"
+            )
+            log.warning("stripe_consumer_off", reason=note)
         else:
-            note = "off: Stripe event processing is not available in this version"
-        log.warning("stripe_consumer_off", reason=note)
+            note = f"on: verifying with a {s.stripe_signature_tolerance_seconds}s tolerance"
         self.readiness.notes = {**self.readiness.notes, "stripe": note}
 
     async def _within_startup_timeout(
@@ -254,6 +270,10 @@ class Worker:
         subscribed = self._subscription is not None and self._subscription.subscribed
         note = "" if running and subscribed else ("not subscribed" if running else "not running")
         self.readiness.set("usage_consumer", running and subscribed, note)
+        stripe = self._components.stripe_consumer if self._components is not None else None
+        if stripe is not None and self._stripe_subscription is not None:
+            ok = stripe.running and self._stripe_subscription.subscribed
+            self.readiness.set("stripe_consumer", ok, "" if ok else "not subscribed")
 
     async def _publish_last_events(self, components: Components) -> None:
         """Publish what the drained batches wrote to the outbox, if the broker lets us."""
@@ -304,17 +324,7 @@ async def serve(settings: Settings, book: PriceBook) -> int:
     A second signal during the drain exits at once; unacked deliveries are redelivered.
     """
     worker = Worker(settings, book)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            log.warning("worker_forced_exit")
-            os._exit(1)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop = stop_on_signals("worker")
     try:
         try:
             await worker.start()
@@ -330,8 +340,7 @@ async def serve(settings: Settings, book: PriceBook) -> int:
 async def _until_stopped(worker: Worker, stop: asyncio.Event) -> int:
     stopping = asyncio.create_task(stop.wait())
     watched: set[asyncio.Future[Any]] = {stopping}
-    if worker.consumer_finished is not None:
-        watched.add(worker.consumer_finished)
+    watched.update(worker.consumers_finished)
     await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     if not stop.is_set():
         stopping.cancel()

@@ -8,11 +8,11 @@ from datetime import datetime
 from decimal import Decimal
 
 from billing_worker.domain.errors import PermanentError
-from billing_worker.domain.periods import calendar_month_of
+from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from billing_worker.domain.pricebook import DEFAULT_GRANT_PRIORITY, CreditSource, PriceBook
 from billing_worker.domain.quotas import PeriodUsage, crossed_thresholds
 from billing_worker.service.events import quota_alert, subscription_changed
-from billing_worker.service.ports import UnitOfWorkFactory
+from billing_worker.service.ports import UnitOfWork, UnitOfWorkFactory
 
 
 class UnknownPlan(PermanentError):
@@ -53,9 +53,38 @@ async def change_plan(
     change_id: str,
     now: datetime,
 ) -> PlanChange:
-    """Move ``account`` to ``plan`` from ``now`` on: one transaction for all of it.
+    """``apply_plan_change`` in a transaction of its own."""
+    async with uow_factory() as uow:
+        change = await apply_plan_change(
+            uow,
+            book,
+            account=account,
+            plan=plan,
+            status=status,
+            cause=cause,
+            change_id=change_id,
+            now=now,
+        )
+        await uow.commit()
+    return change
 
-    - the account ledger gets a ``plan_changed`` entry, the outbox ``subscription.changed``;
+
+async def apply_plan_change(
+    uow: UnitOfWork,
+    book: PriceBook,
+    *,
+    account: str,
+    plan: str,
+    status: str,
+    cause: str,
+    change_id: str,
+    now: datetime,
+    period: BillingPeriod | None = None,
+) -> PlanChange:
+    """Move ``account`` to ``plan`` (and ``status``) from ``now`` on, inside ``uow``.
+
+    - the account ledger gets a ``plan_changed`` entry, the outbox ``subscription.changed``
+      (naming ``period``, the subscription's current period when known);
     - the new plan's limits and thresholds apply to the rest of the current period (no
       usage is rewritten): thresholds the usage so far already reaches under the new
       limits are announced now, unless announced before in this period;
@@ -69,69 +98,98 @@ async def change_plan(
         raise UnknownPlan(
             f"no plan {plan!r} in price book {book.version} (plans: {', '.join(book.plans)})"
         )
-    period = calendar_month_of(now)
-    async with uow_factory() as uow:
-        # Locked FOR UPDATE, the account row serialises this change with usage batches for
-        # the account (their foreign-key checks wait): a batch allocating the old plan's
-        # grant can't interleave with the change that ends it.
-        previous_plan: str | None = None
-        previous_status: str | None = None
-        if not await uow.accounts.create(account, plan):
-            before = await uow.accounts.get(account, lock=True)
-            if before is None:  # pragma: no cover - accounts are never deleted
-                raise UnknownAccount(f"account {account!r} vanished")
-            previous_plan, previous_status = before.plan, before.status
-        changed = (previous_plan, previous_status) != (plan, status)
-        quota_events = 0
-        if changed:
-            await uow.accounts.set_plan(account, plan, status, now)
-            await uow.accounts.append_entry(
-                account,
-                "plan_changed",
-                {
-                    "plan": plan,
-                    "status": status,
-                    "previous_plan": previous_plan,
-                    "previous_status": previous_status,
-                    "cause": cause,
-                    "change_id": change_id,
-                },
-                book.version,
-                now,
-            )
-            await uow.outbox.add(
-                [
-                    subscription_changed(
-                        account=account,
-                        plan=plan,
-                        status=status,
-                        previous_plan=previous_plan,
-                        previous_status=previous_status,
-                        period=period,
-                        cause=cause,
-                        change_id=change_id,
-                        at=now,
-                    )
-                ]
-            )
-            if previous_plan is not None and previous_plan != plan:
-                await uow.credits.end_plan_grants(account, period, now, book.version)
-                await uow.credits.allocate_plan_grants([(account, period)], book)
-            usage = await uow.accounts.period_usage(account, period)
-            crossings = crossed_thresholds(
-                book,
-                [PeriodUsage(account, meter, period, plan, used) for meter, used in usage.items()],
-            )
-            if crossings:
-                quota_events = await uow.outbox.add_quota_alerts(
-                    [quota_alert(c, now) for c in crossings]
+    usage_period = calendar_month_of(now)
+    # Locked FOR UPDATE, the account row serialises this change with usage batches for
+    # the account (their foreign-key checks wait): a batch allocating the old plan's
+    # grant can't interleave with the change that ends it.
+    previous_plan: str | None = None
+    previous_status: str | None = None
+    if not await uow.accounts.create(account, plan):
+        before = await uow.accounts.get(account, lock=True)
+        if before is None:  # pragma: no cover - accounts are never deleted
+            raise UnknownAccount(f"account {account!r} vanished")
+        previous_plan, previous_status = before.plan, before.status
+    changed = (previous_plan, previous_status) != (plan, status)
+    quota_events = 0
+    if changed:
+        await uow.accounts.set_plan(account, plan, status, now)
+        await uow.accounts.append_entry(
+            account,
+            "plan_changed",
+            {
+                "plan": plan,
+                "status": status,
+                "previous_plan": previous_plan,
+                "previous_status": previous_status,
+                "cause": cause,
+                "change_id": change_id,
+            },
+            book.version,
+            now,
+        )
+        await uow.outbox.add(
+            [
+                subscription_changed(
+                    account=account,
+                    plan=plan,
+                    status=status,
+                    previous_plan=previous_plan,
+                    previous_status=previous_status,
+                    period=period or usage_period,
+                    cause=cause,
+                    change_id=change_id,
+                    at=now,
                 )
-        await uow.commit()
+            ]
+        )
+        if previous_plan is not None and previous_plan != plan:
+            await uow.credits.end_plan_grants(account, usage_period, now, book.version)
+            await uow.credits.allocate_plan_grants([(account, usage_period)], book)
+        usage = await uow.accounts.period_usage(account, usage_period)
+        crossings = crossed_thresholds(
+            book,
+            [PeriodUsage(account, m, usage_period, plan, used) for m, used in usage.items()],
+        )
+        if crossings:
+            quota_events = await uow.outbox.add_quota_alerts(
+                [quota_alert(c, now) for c in crossings]
+            )
     return PlanChange(account, previous_plan, plan, previous_status, status, changed, quota_events)
 
 
 async def grant_credits(
     uow_factory: UnitOfWorkFactory,
+    book: PriceBook,
+    *,
+    account: str,
+    amount: Decimal,
+    source: CreditSource,
+    key: str,
+    note: str,
+    now: datetime,
+    expires_at: datetime | None = None,
+    priority: int | None = None,
+) -> int | None:
+    """``add_grant`` in a transaction of its own."""
+    async with uow_factory() as uow:
+        grant_id = await add_grant(
+            uow,
+            book,
+            account=account,
+            amount=amount,
+            source=source,
+            key=key,
+            note=note,
+            now=now,
+            expires_at=expires_at,
+            priority=priority,
+        )
+        await uow.commit()
+    return grant_id
+
+
+async def add_grant(
+    uow: UnitOfWork,
     book: PriceBook,
     *,
     account: str,
@@ -154,21 +212,18 @@ async def grant_credits(
         raise PermanentError(
             f"expiry {expires_at.isoformat()} is not in the future", reason="invalid_grant"
         )
-    async with uow_factory() as uow:
-        await uow.accounts.create(account, book.default_plan)
-        grant_id = await uow.credits.add_grant(
-            account=account,
-            source=source,
-            amount=amount,
-            priority=DEFAULT_GRANT_PRIORITY[source] if priority is None else priority,
-            valid_from=now,
-            expires_at=expires_at,
-            key=f"{source.value}:{key}",
-            note=note,
-            pricebook_version=book.version,
-        )
-        await uow.commit()
-    return grant_id
+    await uow.accounts.create(account, book.default_plan)
+    return await uow.credits.add_grant(
+        account=account,
+        source=source,
+        amount=amount,
+        priority=DEFAULT_GRANT_PRIORITY[source] if priority is None else priority,
+        valid_from=now,
+        expires_at=expires_at,
+        key=f"{source.value}:{key}",
+        note=note,
+        pricebook_version=book.version,
+    )
 
 
 async def expire_credits(uow_factory: UnitOfWorkFactory, book: PriceBook, now: datetime) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from billing_worker.domain.credits import AlertKind, CreditAlert
 from billing_worker.domain.periods import BillingPeriod
@@ -13,6 +14,9 @@ from schemas.events import (
     CreditsEventData,
     CreditsExhaustedEvent,
     CreditsLowEvent,
+    InvoicePaidEvent,
+    InvoicePaymentData,
+    InvoicePaymentFailedEvent,
     QuotaEventData,
     QuotaExceededEvent,
     QuotaWarningEvent,
@@ -126,3 +130,35 @@ def subscription_changed(
     )
     envelope = SubscriptionChangedEvent(id=event_id, subject=account, time=at, data=data)
     return _outgoing(envelope)
+
+
+def invoice_payment(
+    *,
+    event_type: str,
+    account: str,
+    stripe_invoice_id: str,
+    invoice_id: str | None,
+    amount: Decimal,
+    currency: str,
+    attempt_count: int | None,
+    failure_message: str | None,
+    hosted_invoice_url: str | None,
+    at: datetime,
+) -> OutgoingEvent:
+    """``invoice.paid`` or ``invoice.payment_failed``; the id names the Stripe invoice and,
+    for failures, the attempt (each failed attempt is news)."""
+    parts = [account, stripe_invoice_id]
+    if event_type == "invoice.payment_failed":
+        parts.append(str(attempt_count or 0))
+    event_id = deterministic_event_id(event_type, *parts)
+    data = InvoicePaymentData(
+        invoice_id=invoice_id,
+        stripe_invoice_id=stripe_invoice_id,
+        amount=amount,
+        currency=currency,
+        attempt_count=attempt_count,
+        failure_message=failure_message,
+        hosted_invoice_url=hosted_invoice_url,
+    )
+    envelope_type = InvoicePaidEvent if event_type == "invoice.paid" else InvoicePaymentFailedEvent
+    return _outgoing(envelope_type(id=event_id, subject=account, time=at, data=data))

@@ -13,6 +13,7 @@ from billing_worker.domain.credits import BurnResult, GrantBalance
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import CreditSource, PriceBook
 from billing_worker.domain.quotas import PeriodUsage, ThresholdCrossing
+from billing_worker.domain.stripe import StripeEvent, SubscriptionTerms
 from billing_worker.domain.usage import AggregateDelta, IdempotencyKey, LedgerEntry, UsageRecord
 
 
@@ -160,6 +161,53 @@ class AccountStore(Protocol):
         ...
 
 
+class StripeStore(Protocol):
+    """Processed Stripe events, object ordering, customers, subscriptions, payments."""
+
+    async def claim_event(self, event: StripeEvent) -> bool:
+        """Record the event id; False if taken before (a duplicate delivery)."""
+        ...
+
+    async def set_outcome(self, event: StripeEvent, outcome: str, account: str | None) -> None:
+        """Say what became of a claimed event."""
+        ...
+
+    async def advance_object(self, event: StripeEvent, *, terminal: bool) -> bool:
+        """Move the object's clock to the event; False if the event is stale."""
+        ...
+
+    async def link_customer(self, customer: str, account: str) -> bool:
+        """Link a Stripe customer to an account; True if new."""
+        ...
+
+    async def customer_account(self, customer: str) -> str | None:
+        """The account a Stripe customer is linked to."""
+        ...
+
+    async def save_subscription(self, terms: SubscriptionTerms, account: str, plan: str) -> None:
+        """Keep the subscription's current state."""
+        ...
+
+    async def append_payment(
+        self,
+        *,
+        account: str,
+        kind: str,
+        amount: Decimal,
+        currency: str,
+        object_id: str,
+        event_id: str,
+        details: dict[str, Any],
+        at: datetime,
+    ) -> None:
+        """Append a payment (+) or refund (-) entry."""
+        ...
+
+    async def refunded_so_far(self, charge_id: str) -> Decimal:
+        """Refunds of the charge the ledger already holds."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction. Leaving it without ``commit()`` rolls back.
 
@@ -185,6 +233,11 @@ class UnitOfWork(Protocol):
     @property
     def accounts(self) -> AccountStore:
         """Accounts bound to this transaction."""
+        ...
+
+    @property
+    def stripe(self) -> StripeStore:
+        """Stripe state bound to this transaction."""
         ...
 
     async def __aenter__(self) -> Self: ...

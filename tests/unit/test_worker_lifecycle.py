@@ -15,8 +15,8 @@ class StubWorker:
         self.stopped = False
 
     @property
-    def consumer_finished(self) -> asyncio.Future[None]:
-        return self.loop_task
+    def consumers_finished(self) -> list[asyncio.Future[None]]:
+        return [self.loop_task]
 
     async def stop(self) -> bool:
         self.stopped = True

@@ -23,6 +23,7 @@ from billing_worker.adapters.postgres.account_store import PostgresAccounts
 from billing_worker.adapters.postgres.credit_store import PostgresCredits
 from billing_worker.adapters.postgres.errors import translate
 from billing_worker.adapters.postgres.outbox_store import PostgresOutbox
+from billing_worker.adapters.postgres.stripe_store import PostgresStripe
 from billing_worker.domain.errors import TransientError
 from billing_worker.domain.pricebook import AGGREGATIONS_THAT_ADD, PriceBook
 from billing_worker.domain.quotas import PeriodUsage
@@ -291,6 +292,7 @@ class PostgresUnitOfWork:
         self._outbox: PostgresOutbox | None = None
         self._credits: PostgresCredits | None = None
         self._accounts: PostgresAccounts | None = None
+        self._stripe: PostgresStripe | None = None
 
     @property
     def usage(self) -> PostgresUsageStore:
@@ -320,6 +322,13 @@ class PostgresUnitOfWork:
             raise RuntimeError("unit of work is not open")
         return self._accounts
 
+    @property
+    def stripe(self) -> PostgresStripe:
+        """Stripe state bound to this transaction."""
+        if self._stripe is None:
+            raise RuntimeError("unit of work is not open")
+        return self._stripe
+
     async def __aenter__(self) -> Self:
         try:
             self._conn = await self._engine.connect()
@@ -331,6 +340,7 @@ class PostgresUnitOfWork:
         self._outbox = PostgresOutbox(self._conn)
         self._credits = PostgresCredits(self._conn)
         self._accounts = PostgresAccounts(self._conn)
+        self._stripe = PostgresStripe(self._conn)
         return self
 
     async def __aexit__(

@@ -1,0 +1,194 @@
+"""Relayed Stripe events as the domain reads them: the envelope, subscription terms,
+which plan a subscription puts an account on, and Stripe's minor-unit amounts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from billing_worker.domain.errors import PermanentError
+from billing_worker.domain.periods import BillingPeriod
+from billing_worker.domain.pricebook import PriceBook
+from billing_worker.domain.rating import minor_unit_places
+
+LIVE_STATUSES = frozenset({"trialing", "active", "past_due", "unpaid"})
+"""Statuses under which the subscription's plan applies (past due and unpaid keep it
+until Stripe ends the subscription; the status says the account owes money)."""
+
+ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
+"""Statuses that return the account to the default plan."""
+
+
+class InvalidStripeEvent(PermanentError):
+    """A verified payload that is not a Stripe event we can read."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="invalid_stripe_event")
+
+
+class UnresolvedAccount(PermanentError):
+    """No account can be named for the event: dead-lettered, not guessed."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="unknown_account")
+
+
+class UnknownPrice(PermanentError):
+    """A Stripe price id the price book does not map (fix the book, then replay)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="unknown_price")
+
+
+@dataclass(frozen=True, slots=True)
+class StripeEvent:
+    """A verified Stripe event: its id, type, creation time and ``data.object``."""
+
+    event_id: str
+    event_type: str
+    created: datetime
+    obj: Mapping[str, Any]
+    livemode: bool = False
+
+    @property
+    def object_id(self) -> str | None:
+        """The id of the object the event is about."""
+        value = self.obj.get("id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def object_type(self) -> str:
+        """Stripe's ``object`` name of it (``subscription``, ``invoice``...)."""
+        value = self.obj.get("object")
+        return value if isinstance(value, str) else "unknown"
+
+
+def parse_stripe_event(payload: object) -> StripeEvent:
+    """The event in a decoded webhook body, or ``InvalidStripeEvent`` saying what is missing."""
+    if not isinstance(payload, dict):
+        raise InvalidStripeEvent("the body is not a JSON object")
+    event_id, event_type, created = payload.get("id"), payload.get("type"), payload.get("created")
+    if not isinstance(event_id, str) or not event_id:
+        raise InvalidStripeEvent("the event has no string `id`")
+    if not isinstance(event_type, str) or not event_type:
+        raise InvalidStripeEvent(f"event {event_id} has no string `type`")
+    if isinstance(created, bool) or not isinstance(created, int) or created < 0:
+        raise InvalidStripeEvent(f"event {event_id} has no unix-time `created`")
+    data = payload.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise InvalidStripeEvent(f"event {event_id} has no `data.object`")
+    return StripeEvent(
+        event_id=event_id,
+        event_type=event_type,
+        created=datetime.fromtimestamp(created, UTC),
+        obj=obj,
+        livemode=bool(payload.get("livemode", False)),
+    )
+
+
+def text(obj: Mapping[str, Any], key: str) -> str | None:
+    """A non-empty string field, or None; an expanded object gives its ``id``."""
+    value = obj.get(key)
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def metadata_account(obj: Mapping[str, Any]) -> str | None:
+    """``metadata.account_id``, the platform's name for the account."""
+    metadata = obj.get("metadata")
+    return text(metadata, "account_id") if isinstance(metadata, dict) else None
+
+
+def metadata_text(obj: Mapping[str, Any], key: str) -> str | None:
+    """A string from ``metadata``."""
+    metadata = obj.get("metadata")
+    return text(metadata, key) if isinstance(metadata, dict) else None
+
+
+def timestamp(obj: Mapping[str, Any], key: str) -> datetime | None:
+    """A unix-time field as an aware UTC datetime."""
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return datetime.fromtimestamp(value, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionTerms:
+    """What a subscription object says about an account's plan."""
+
+    subscription_id: str
+    customer: str | None
+    price_id: str | None
+    status: str
+    period: BillingPeriod | None
+    cancel_at_period_end: bool
+    trial_end: datetime | None
+
+
+def subscription_terms(obj: Mapping[str, Any]) -> SubscriptionTerms:
+    """Read a ``subscription`` object (current period top-level on older API versions,
+    on the first item on newer ones)."""
+    subscription_id = text(obj, "id")
+    status = text(obj, "status")
+    if subscription_id is None or status is None:
+        raise InvalidStripeEvent("the subscription has no `id` or `status`")
+    items = obj.get("items")
+    first: Mapping[str, Any] = {}
+    if isinstance(items, dict) and isinstance(items.get("data"), list) and items["data"]:
+        candidate = items["data"][0]
+        first = candidate if isinstance(candidate, dict) else {}
+    price = first.get("price")
+    price_id = text(price, "id") if isinstance(price, dict) else None
+    if price_id is None:
+        plan_obj = obj.get("plan")  # the pre-2018 shape
+        price_id = text(plan_obj, "id") if isinstance(plan_obj, dict) else None
+    start = timestamp(obj, "current_period_start") or timestamp(first, "current_period_start")
+    end = timestamp(obj, "current_period_end") or timestamp(first, "current_period_end")
+    period = (
+        BillingPeriod(start, end) if start is not None and end is not None and start < end else None
+    )
+    return SubscriptionTerms(
+        subscription_id=subscription_id,
+        customer=text(obj, "customer"),
+        price_id=price_id,
+        status=status,
+        period=period,
+        cancel_at_period_end=bool(obj.get("cancel_at_period_end", False)),
+        trial_end=timestamp(obj, "trial_end"),
+    )
+
+
+def plan_for(book: PriceBook, terms: SubscriptionTerms, *, current_plan: str | None) -> str:
+    """The plan the subscription puts the account on.
+
+    Live statuses take the plan of the subscription's price; ended ones return the
+    account to the default plan; others (``incomplete``, ``paused``) keep what it has.
+    """
+    if terms.status in ENDED_STATUSES:
+        return book.default_plan
+    if terms.status not in LIVE_STATUSES:
+        return current_plan or book.default_plan
+    if terms.price_id is None:
+        raise InvalidStripeEvent(f"subscription {terms.subscription_id} has no price")
+    mapped = book.stripe_prices.get(terms.price_id)
+    if mapped is None or mapped.plan is None:
+        raise UnknownPrice(
+            f"Stripe price {terms.price_id!r} of subscription {terms.subscription_id} maps to "
+            f"no plan in price book {book.version} ([stripe_prices])"
+        )
+    return mapped.plan
+
+
+def major_units(amount: object, currency: object) -> tuple[Decimal, str]:
+    """A Stripe amount (integer minor units) in the currency's major unit, and the currency."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+        raise InvalidStripeEvent(f"amount {amount!r} is not a non-negative integer")
+    if not isinstance(currency, str) or len(currency) != 3:
+        raise InvalidStripeEvent(f"currency {currency!r} is not an ISO 4217 code")
+    return Decimal(amount).scaleb(-minor_unit_places(currency)), currency.lower()

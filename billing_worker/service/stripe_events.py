@@ -1,0 +1,350 @@
+"""Apply one relayed Stripe event: deduplicated by id, ordered per object, one transaction.
+
+Each event is claimed by its id first, in the transaction that applies it, so a redelivery
+is a duplicate whatever happened before. Then the object's clock decides whether it is
+stale (Stripe does not order deliveries: an older event for the same object must not
+undo a newer one). Effects go to the ledgers and the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import structlog
+
+from billing_worker.domain.pricebook import CreditSource, PriceBook
+from billing_worker.domain.stripe import (
+    ENDED_STATUSES,
+    InvalidStripeEvent,
+    StripeEvent,
+    UnknownPrice,
+    UnresolvedAccount,
+    major_units,
+    metadata_account,
+    metadata_text,
+    plan_for,
+    subscription_terms,
+    text,
+)
+from billing_worker.service.accounts import add_grant, apply_plan_change
+from billing_worker.service.events import invoice_payment
+from billing_worker.service.ports import UnitOfWork, UnitOfWorkFactory
+
+log = structlog.get_logger(__name__)
+
+
+class StripeOutcome(enum.StrEnum):
+    """What became of a Stripe event."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    IGNORED = "ignored"
+
+
+HANDLED = frozenset(
+    {
+        "customer.created",
+        "customer.updated",
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "customer.subscription.trial_will_end",
+        "checkout.session.completed",
+        "invoice.finalized",
+        "invoice.paid",
+        "invoice.payment_failed",
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "charge.refunded",
+    }
+)
+
+
+async def apply_stripe_event(
+    uow_factory: UnitOfWorkFactory, book: PriceBook, event: StripeEvent, *, now: datetime
+) -> StripeOutcome:
+    """Apply ``event`` once; raise ``PermanentError`` for one that names no account."""
+    async with uow_factory() as uow:
+        if not await uow.stripe.claim_event(event):
+            return StripeOutcome.DUPLICATE
+        if event.event_type not in HANDLED:
+            await uow.stripe.set_outcome(event, StripeOutcome.IGNORED, None)
+            await uow.commit()
+            return StripeOutcome.IGNORED
+        terminal = event.event_type == "customer.subscription.deleted" or (
+            event.object_type == "subscription" and event.obj.get("status") in ENDED_STATUSES
+        )
+        if not await uow.stripe.advance_object(event, terminal=terminal):
+            await uow.stripe.set_outcome(event, StripeOutcome.STALE, None)
+            await uow.commit()
+            return StripeOutcome.STALE
+        account = await _APPLY[event.event_type.rsplit(".", 1)[0]](uow, book, event, now)
+        await uow.stripe.set_outcome(event, StripeOutcome.APPLIED, account)
+        await uow.commit()
+    return StripeOutcome.APPLIED
+
+
+async def _account_of(
+    uow: UnitOfWork, event: StripeEvent, *candidates: str | None, create_on: str
+) -> str:
+    """The first named account, else the account of the object's customer; created if new."""
+    for candidate in candidates:
+        if candidate:
+            await uow.accounts.create(candidate, create_on)
+            return candidate
+    customer = text(event.obj, "customer")
+    if customer is not None:
+        linked = await uow.stripe.customer_account(customer)
+        if linked is not None:
+            return linked
+    raise UnresolvedAccount(
+        f"{event.event_type} {event.event_id}: {event.object_type} {event.object_id} names no "
+        "account (metadata.account_id) and its customer "
+        f"{customer or '(none)'} is not linked to one"
+    )
+
+
+async def _customer(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:
+    account = metadata_account(event.obj)
+    if account is None:
+        raise UnresolvedAccount(
+            f"customer {event.object_id} has no metadata.account_id: set it when creating "
+            "the customer"
+        )
+    await uow.accounts.create(account, book.default_plan)
+    if await uow.stripe.link_customer(str(event.object_id), account):
+        await uow.accounts.append_entry(
+            account,
+            "stripe_customer_linked",
+            {"customer": event.object_id, "event_id": event.event_id},
+            book.version,
+            now,
+        )
+    return account
+
+
+async def _subscription(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:
+    terms = subscription_terms(event.obj)
+    account = await _account_of(
+        uow, event, metadata_account(event.obj), create_on=book.default_plan
+    )
+    if terms.customer is not None:
+        await uow.stripe.link_customer(terms.customer, account)
+    if event.event_type.endswith(".trial_will_end"):
+        await uow.accounts.append_entry(
+            account,
+            "trial_will_end",
+            {
+                "subscription": terms.subscription_id,
+                "trial_end": terms.trial_end.isoformat() if terms.trial_end else None,
+                "event_id": event.event_id,
+            },
+            book.version,
+            now,
+        )
+        return account
+    current = await uow.accounts.get(account, lock=True)
+    if event.event_type.endswith(".deleted"):
+        status, plan = "canceled", book.default_plan
+    else:
+        status = terms.status
+        plan = plan_for(book, terms, current_plan=current.plan if current else None)
+    await uow.stripe.save_subscription(terms, account, plan)
+    await apply_plan_change(
+        uow,
+        book,
+        account=account,
+        plan=plan,
+        status=status,
+        cause="stripe",
+        change_id=event.event_id,
+        now=now,
+        period=terms.period,
+    )
+    return account
+
+
+async def _checkout(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:
+    session = event.obj
+    account = await _account_of(
+        uow,
+        event,
+        text(session, "client_reference_id"),
+        metadata_account(session),
+        create_on=book.default_plan,
+    )
+    customer = text(session, "customer")
+    if customer is not None and await uow.stripe.link_customer(customer, account):
+        await uow.accounts.append_entry(
+            account,
+            "stripe_customer_linked",
+            {"customer": customer, "event_id": event.event_id},
+            book.version,
+            now,
+        )
+    if session.get("mode") != "payment":
+        return account  # a subscription checkout: the subscription events carry the plan
+    if session.get("payment_status") not in ("paid", "no_payment_required"):
+        log.info("checkout_not_paid_yet", session=event.object_id, event_id=event.event_id)
+        return account
+    price_id = metadata_text(session, "price_id")
+    mapped = book.stripe_prices.get(price_id or "")
+    if mapped is None or mapped.credit_product is None:
+        raise UnknownPrice(
+            f"checkout session {event.object_id}: metadata.price_id {price_id!r} maps to no "
+            f"credit pack in price book {book.version} ([stripe_prices])"
+        )
+    product = book.credit_products[mapped.credit_product]
+    quantity = _positive_int(metadata_text(session, "quantity") or "1", event)
+    granted = await add_grant(
+        uow,
+        book,
+        account=account,
+        amount=product.credits * quantity,
+        source=CreditSource.PURCHASE,
+        key=str(event.object_id),
+        note=f"{quantity} x {product.name} (checkout {event.object_id})",
+        now=now,
+        priority=product.priority,
+    )
+    if granted is not None and isinstance(session.get("amount_total"), int):
+        amount, currency = major_units(session["amount_total"], session.get("currency"))
+        await uow.stripe.append_payment(
+            account=account,
+            kind="payment",
+            amount=amount,
+            currency=currency,
+            object_id=str(event.object_id),
+            event_id=event.event_id,
+            details={"for": "credit pack", "product": product.name, "quantity": quantity},
+            at=event.created,
+        )
+    return account
+
+
+async def _invoice(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:
+    invoice = event.obj
+    account = await _account_of(uow, event, metadata_account(invoice), create_on=book.default_plan)
+    kind = event.event_type.removeprefix("invoice.")
+    ours = metadata_text(invoice, "billing_invoice_id")
+    if kind == "paid":
+        amount, currency = major_units(invoice.get("amount_paid"), invoice.get("currency"))
+        await uow.stripe.append_payment(
+            account=account,
+            kind="payment",
+            amount=amount,
+            currency=currency,
+            object_id=str(event.object_id),
+            event_id=event.event_id,
+            details={"for": "invoice", "invoice_id": ours, "number": invoice.get("number")},
+            at=event.created,
+        )
+    else:
+        amount, currency = major_units(invoice.get("amount_due"), invoice.get("currency"))
+        await uow.accounts.append_entry(
+            account,
+            f"stripe_invoice_{kind}",
+            {
+                "stripe_invoice_id": event.object_id,
+                "invoice_id": ours,
+                "amount": str(amount),
+                "currency": currency,
+                "event_id": event.event_id,
+            },
+            book.version,
+            now,
+        )
+    if kind in ("paid", "payment_failed"):
+        await uow.outbox.add(
+            [
+                invoice_payment(
+                    event_type=event.event_type,
+                    account=account,
+                    stripe_invoice_id=str(event.object_id),
+                    invoice_id=ours,
+                    amount=amount,
+                    currency=currency,
+                    attempt_count=_int_or_none(invoice.get("attempt_count")),
+                    failure_message=_failure_message(invoice),
+                    hosted_invoice_url=text(invoice, "hosted_invoice_url"),
+                    at=event.created,
+                )
+            ]
+        )
+    return account
+
+
+async def _payment_intent(
+    uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime
+) -> str:
+    intent = event.obj
+    account = await _account_of(uow, event, metadata_account(intent), create_on=book.default_plan)
+    amount, currency = major_units(intent.get("amount"), intent.get("currency"))
+    await uow.accounts.append_entry(
+        account,
+        event.event_type.replace(".", "_"),
+        {
+            "payment_intent": event.object_id,
+            "amount": str(amount),
+            "currency": currency,
+            "failure": _failure_message(intent),
+            "event_id": event.event_id,
+        },
+        book.version,
+        now,
+    )
+    return account
+
+
+async def _charge(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:
+    charge = event.obj
+    account = await _account_of(uow, event, metadata_account(charge), create_on=book.default_plan)
+    refunded, currency = major_units(charge.get("amount_refunded"), charge.get("currency"))
+    # charge.refunded carries the running total refunded; the ledger takes the difference,
+    # so partial refunds are each reversed once.
+    already = await uow.stripe.refunded_so_far(str(event.object_id))
+    if refunded > already:
+        await uow.stripe.append_payment(
+            account=account,
+            kind="refund",
+            amount=-(refunded - already),
+            currency=currency,
+            object_id=str(event.object_id),
+            event_id=event.event_id,
+            details={"payment_intent": text(charge, "payment_intent")},
+            at=event.created,
+        )
+    return account
+
+
+def _positive_int(raw: str, event: StripeEvent) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidStripeEvent(f"{event.event_id}: metadata.quantity {raw!r} is not a count")
+    return int(raw)
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _failure_message(obj: dict[str, object] | object) -> str | None:
+    if not isinstance(obj, dict):
+        return None
+    error = obj.get("last_payment_error") or obj.get("last_finalization_error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return None
+
+
+_APPLY = {
+    "customer": _customer,
+    "customer.subscription": _subscription,
+    "checkout.session": _checkout,
+    "invoice": _invoice,
+    "payment_intent": _payment_intent,
+    "charge": _charge,
+}
+
+__all__ = ["HANDLED", "StripeOutcome", "apply_stripe_event"]
