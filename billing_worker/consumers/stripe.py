@@ -3,7 +3,8 @@
 Verification comes first and uses the official SDK: the ``stripe-signature`` header against
 the raw body and the endpoint's signing secret. A forged or missing signature is
 dead-lettered as ``bad_signature``, a genuine one older than the tolerance as
-``stale_signature`` (a replay); neither body is logged. Events are then applied one per
+``stale_signature`` (a replay: measured against when the relay received it, so a queue
+backlog ages nothing); neither body is logged. Events are then applied one per
 transaction, in delivery order (see ``service/stripe_events.py``).
 """
 
@@ -27,6 +28,7 @@ from billing_worker.service.ports import UnitOfWorkFactory
 from billing_worker.service.stripe_events import StripeOutcome, apply_stripe_event
 
 SIGNATURE_HEADER = "stripe-signature"
+RELAYED_AT_HEADER = "x-relayed-at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +82,17 @@ class StripeConsumer:
             )
         try:
             stripe.WebhookSignature.verify_header(body, header, self._secret, tolerance=None)
-        except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
+            signed_at = _signed_at(header)
+        except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as exc:
             raise PermanentError(
                 f"signature does not verify: {_first_line(exc)}", reason="bad_signature"
             ) from None
-        signed_at = _signed_at(header)
-        age = self._clock() - signed_at
+        received = _relayed_at(message.headers.get(RELAYED_AT_HEADER))
+        age = (received if received is not None else self._clock()) - signed_at
         if age > self._tolerance:
             raise PermanentError(
-                f"signed {age:.0f}s ago, more than the {self._tolerance}s tolerance "
-                "(a replayed delivery)",
+                f"signed {age:.0f}s before it reached the relay, more than the "
+                f"{self._tolerance}s tolerance (a replayed delivery)",
                 reason="stale_signature",
             )
         try:
@@ -121,11 +124,21 @@ class StripeConsumer:
 
 
 def _signed_at(header: str) -> int:
-    for item in header.split(","):
-        key, _, value = item.partition("=")
-        if key.strip() == "t" and value.strip().isdigit():
-            return int(value)
-    return 0
+    """The signed timestamp, read exactly as the SDK's verification read it (the first
+    item whose key is ``t``), so the age checked is the age of what was verified."""
+    items = [item.split("=", 2) for item in header.split(",")]
+    return int(next(item[1] for item in items if item[0] == "t"))
+
+
+def _relayed_at(value: object) -> float | None:
+    """When the relay received the delivery (absent for messages published otherwise)."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

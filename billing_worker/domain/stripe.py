@@ -19,7 +19,11 @@ LIVE_STATUSES = frozenset({"trialing", "active", "past_due", "unpaid"})
 until Stripe ends the subscription; the status says the account owes money)."""
 
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
-"""Statuses that return the account to the default plan."""
+"""Statuses after which the subscription takes no more changes."""
+
+OFF_STATUSES = ENDED_STATUSES | {"paused"}
+"""Statuses that put the account on the default plan (a paused subscription, a trial that
+ended without a payment method, pays nothing until it resumes)."""
 
 
 class InvalidStripeEvent(PermanentError):
@@ -104,6 +108,17 @@ def metadata_account(obj: Mapping[str, Any]) -> str | None:
     return text(metadata, "account_id") if isinstance(metadata, dict) else None
 
 
+def invoice_subscription_account(invoice: Mapping[str, Any]) -> str | None:
+    """``metadata.account_id`` of the subscription an invoice bills, as Stripe copies it
+    onto the invoice (``subscription_details`` before API version 2025-03-31, then
+    ``parent.subscription_details``)."""
+    details = invoice.get("subscription_details")
+    parent = invoice.get("parent")
+    if not isinstance(details, dict) and isinstance(parent, dict):
+        details = parent.get("subscription_details")
+    return metadata_account(details) if isinstance(details, dict) else None
+
+
 def metadata_text(obj: Mapping[str, Any], key: str) -> str | None:
     """A string from ``metadata``."""
     metadata = obj.get("metadata")
@@ -167,10 +182,10 @@ def subscription_terms(obj: Mapping[str, Any]) -> SubscriptionTerms:
 def plan_for(book: PriceBook, terms: SubscriptionTerms, *, current_plan: str | None) -> str:
     """The plan the subscription puts the account on.
 
-    Live statuses take the plan of the subscription's price; ended ones return the
-    account to the default plan; others (``incomplete``, ``paused``) keep what it has.
+    Live statuses take the plan of the subscription's price; ended and paused ones return
+    the account to the default plan; ``incomplete`` keeps what it has.
     """
-    if terms.status in ENDED_STATUSES:
+    if terms.status in OFF_STATUSES:
         return book.default_plan
     if terms.status not in LIVE_STATUSES:
         return current_plan or book.default_plan

@@ -277,7 +277,9 @@ class StripeRelay:
             raise BrokerUnavailable("not connected to the broker")
         message = aio_pika.Message(
             body,
-            headers={"stripe-signature": signature},
+            # When the delivery reached us: the worker measures the signature's age against
+            # it, so a backlog in the queue never turns genuine deliveries into "replays".
+            headers={"stripe-signature": signature, "x-relayed-at": int(time.time())},
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )

@@ -203,6 +203,12 @@ class StripeStore(Protocol):
         """Append a payment (+) or refund (-) entry."""
         ...
 
+    async def other_live_subscription(
+        self, account: str, subscription_id: str
+    ) -> tuple[str, str] | None:
+        """(plan, status) of another live subscription of the account, the latest one."""
+        ...
+
     async def refunded_so_far(self, charge_id: str) -> Decimal:
         """Refunds of the charge the ledger already holds."""
         ...

@@ -16,10 +16,12 @@ import structlog
 from billing_worker.domain.pricebook import CreditSource, PriceBook
 from billing_worker.domain.stripe import (
     ENDED_STATUSES,
+    OFF_STATUSES,
     InvalidStripeEvent,
     StripeEvent,
     UnknownPrice,
     UnresolvedAccount,
+    invoice_subscription_account,
     major_units,
     metadata_account,
     metadata_text,
@@ -52,6 +54,7 @@ HANDLED = frozenset(
         "customer.subscription.deleted",
         "customer.subscription.trial_will_end",
         "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
         "invoice.finalized",
         "invoice.paid",
         "invoice.payment_failed",
@@ -152,6 +155,12 @@ async def _subscription(uow: UnitOfWork, book: PriceBook, event: StripeEvent, no
         status = terms.status
         plan = plan_for(book, terms, current_plan=current.plan if current else None)
     await uow.stripe.save_subscription(terms, account, plan)
+    if status in OFF_STATUSES:
+        # another live subscription of the account (a new Checkout replacing this one)
+        # keeps the account on its plan
+        other = await uow.stripe.other_live_subscription(account, terms.subscription_id)
+        if other is not None:
+            plan, status = other
     await apply_plan_change(
         uow,
         book,
@@ -226,7 +235,13 @@ async def _checkout(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: d
 
 async def _invoice(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:
     invoice = event.obj
-    account = await _account_of(uow, event, metadata_account(invoice), create_on=book.default_plan)
+    account = await _account_of(
+        uow,
+        event,
+        metadata_account(invoice),
+        invoice_subscription_account(invoice),
+        create_on=book.default_plan,
+    )
     kind = event.event_type.removeprefix("invoice.")
     ours = metadata_text(invoice, "billing_invoice_id")
     if kind == "paid":

@@ -3,6 +3,7 @@ purchases, refunds, invoices, and the events that must be dead-lettered."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -151,8 +152,96 @@ class TestSubscriptionLifecycle:
             datetime.fromtimestamp(T0 + 30 * 86_400, UTC),
         )
 
+    async def test_first_events_of_an_object_racing_keep_the_newest(
+        self, engine: AsyncEngine, sql: psycopg.Connection
+    ) -> None:
+        """The newer event of a new object is being applied (uncommitted) when an older one
+        arrives on another replica: the older waits for it, then is stale."""
+        await link(engine)
+        newer = parse_stripe_event(sub_event("updated", "active", T0 + 2))
+        async with PostgresUnitOfWork(engine) as uow:
+            assert await uow.stripe.claim_event(newer)
+            assert await uow.stripe.advance_object(newer, terminal=False)
+            older = asyncio.create_task(apply(engine, sub_event("created", "incomplete", T0 + 1)))
+            await asyncio.sleep(0.3)
+            assert not older.done()
+            await uow.commit()
+        assert await older == StripeOutcome.STALE
+        clock = sql.execute("SELECT last_created FROM stripe_objects WHERE object_id = 'sub_1'")
+        assert clock.fetchone() == (datetime.fromtimestamp(T0 + 2, UTC),)
+
+    async def test_ending_one_subscription_keeps_another_live_one(
+        self, engine: AsyncEngine, sql: psycopg.Connection
+    ) -> None:
+        """PLUS replaced by a new PRO subscription: the old one's deletion leaves PRO on."""
+        await link(engine)
+        await apply(engine, sub_event("created", "active", T0 + 1))
+        pro = sp.subscription(
+            "sub_2", customer="cus_1", price_id="price_pro_monthly", status="active", **PERIOD
+        )
+        await apply(engine, sp.event("customer.subscription.created", pro, created=T0 + 2))
+        await apply(engine, sub_event("deleted", "canceled", T0 + 3))
+        assert account_state(sql) == ("PRO", "active")
+
+    async def test_paused_subscription_pays_nothing_until_it_resumes(
+        self, engine: AsyncEngine, sql: psycopg.Connection
+    ) -> None:
+        """paused (a trial ended without a payment method) puts the account on the default
+        plan; resuming (active) brings the plan back."""
+        await link(engine)
+        await apply(engine, sub_event("created", "trialing", T0 + 1))
+        await apply(engine, sub_event("updated", "paused", T0 + 2))
+        assert account_state(sql) == ("FREE", "paused")
+        await apply(engine, sub_event("updated", "active", T0 + 3))
+        assert account_state(sql) == ("PLUS", "active")
+
 
 class TestPurchasesAndMoney:
+    async def test_delayed_payment_purchase_is_granted_when_paid(
+        self, engine: AsyncEngine, sql: psycopg.Connection
+    ) -> None:
+        """A bank-debit checkout completes unpaid (nothing granted), then
+        async_payment_succeeded grants the pack once."""
+        session = sp.checkout_session(
+            "cs_9",
+            mode="payment",
+            client_reference_id="acct_42",
+            price_id="price_credits_1000",
+            payment_status="unpaid",
+        )
+        await apply(engine, sp.event("checkout.session.completed", session, created=T0))
+        assert sql.execute("SELECT count(*) FROM credit_grants").fetchone() == (0,)
+        paid = {**session, "payment_status": "paid"}
+        succeeded = sp.event("checkout.session.async_payment_succeeded", paid, created=T0 + 60)
+        assert await apply(engine, succeeded) == StripeOutcome.APPLIED
+        assert sql.execute("SELECT source, amount FROM credit_grants").fetchall() == [
+            ("purchase", Decimal(1000))
+        ]
+
+    async def test_invoice_resolves_its_account_through_the_subscription_metadata(
+        self, engine: AsyncEngine, sql: psycopg.Connection
+    ) -> None:
+        """An invoice of a customer not linked yet finds the account in the subscription
+        metadata Stripe copies onto it (older and newer API shapes)."""
+        for i, shape in enumerate(("old", "basil")):
+            obj = sp.invoice(
+                f"in_s{i}",
+                customer=f"cus_new{i}",
+                status="paid",
+                amount_due=990,
+                amount_paid=990,
+            )
+            details = {"metadata": {"account_id": f"acct_sub{i}"}}
+            if shape == "old":
+                obj["subscription_details"] = details
+            else:
+                obj["parent"] = {"subscription_details": details}
+            assert await apply(engine, sp.event("invoice.paid", obj, created=T0)) == (
+                StripeOutcome.APPLIED
+            )
+        accounts = sql.execute("SELECT account_id FROM payment_ledger ORDER BY entry_id").fetchall()
+        assert accounts == [("acct_sub0",), ("acct_sub1",)]
+
     async def test_credit_pack_purchase_grants_once(
         self, engine: AsyncEngine, sql: psycopg.Connection
     ) -> None:

@@ -37,8 +37,10 @@ def consumer(metrics: Metrics, now: float = SIGNED_AT + 10) -> StripeConsumer:
     )
 
 
-def delivery(body: bytes, signature: str | bytes | None) -> Delivery:
-    headers = {} if signature is None else {"stripe-signature": signature}
+def delivery(body: bytes, signature: str | bytes | None, relayed_at: int | None = None) -> Delivery:
+    headers: dict[str, object] = {} if signature is None else {"stripe-signature": signature}
+    if relayed_at is not None:
+        headers["x-relayed-at"] = relayed_at
     return cast(Delivery, FakeMessage(body, FakeChannel(), headers=headers))
 
 
@@ -104,3 +106,22 @@ def test_signed_garbage_is_an_invalid_event(metrics: Metrics) -> None:
     for body in (b"[1, 2]", b'{"id": "evt_1"}', b"not json"):
         signature = sp.sign(body, sp.WEBHOOK_SECRET, timestamp=SIGNED_AT)
         assert reason(metrics, delivery(body, signature)) == "invalid_stripe_event"
+
+
+def test_age_is_measured_when_the_relay_received_it(metrics: Metrics) -> None:
+    """A genuine delivery that waited in the queue (a backlog, a worker down) is accepted:
+    its age is taken at the relay; one the relay received too late is a replay."""
+    signature = sp.sign(BODY, sp.WEBHOOK_SECRET, timestamp=SIGNED_AT)
+    much_later = SIGNED_AT + 86_400
+    waited = delivery(BODY, signature, relayed_at=SIGNED_AT + 2)
+    assert consumer(metrics, much_later).decode(waited).event.object_id == "cus_1"
+    replayed = delivery(BODY, signature, relayed_at=SIGNED_AT + 301)
+    assert reason(metrics, replayed, now=SIGNED_AT + 302) == "stale_signature"
+
+
+def test_a_second_timestamp_cannot_hide_a_replay(metrics: Metrics) -> None:
+    """The age is that of the timestamp the signature was verified with, however the header
+    is padded: a fresh decoy ``t`` does not make an old signature young."""
+    old = sp.sign(BODY, sp.WEBHOOK_SECRET, timestamp=SIGNED_AT - 3600)
+    decoy = f" t={SIGNED_AT},{old}"
+    assert reason(metrics, delivery(BODY, decoy)) == "stale_signature"

@@ -24,16 +24,23 @@ SET_OUTCOME = text("""
     UPDATE stripe_events SET outcome = :outcome, account_id = :account WHERE event_id = :id
 """)
 
+# The first event of an object inserts its clock (a racing one waits on the insert, then
+# finds the row); later ones lock the row and compare.
+FIRST_OF_OBJECT = text("""
+    INSERT INTO stripe_objects (object_id, object_type, last_created, last_event_id, terminal)
+    VALUES (:id, :type, :created, :event_id, :terminal)
+    ON CONFLICT (object_id) DO NOTHING
+    RETURNING object_id
+""")
+
 LOCK_OBJECT = text("""
     SELECT last_created, terminal FROM stripe_objects WHERE object_id = :id FOR UPDATE
 """)
 
 ADVANCE_OBJECT = text("""
-    INSERT INTO stripe_objects (object_id, object_type, last_created, last_event_id, terminal)
-    VALUES (:id, :type, :created, :event_id, :terminal)
-    ON CONFLICT (object_id) DO UPDATE
-       SET last_created = EXCLUDED.last_created, last_event_id = EXCLUDED.last_event_id,
-           terminal = stripe_objects.terminal OR EXCLUDED.terminal
+    UPDATE stripe_objects
+       SET last_created = :created, last_event_id = :event_id, terminal = terminal OR :terminal
+     WHERE object_id = :id
 """)
 
 LINK_CUSTOMER = text("""
@@ -64,6 +71,14 @@ APPEND_PAYMENT = text("""
                                 stripe_event_id, details, effective_at)
     VALUES (:account, :kind, :amount, :currency, :object_id, :event_id,
             CAST(:details AS jsonb), :at)
+""")
+
+OTHER_LIVE_SUBSCRIPTION = text("""
+    SELECT plan, status FROM subscriptions
+    WHERE account_id = :account AND subscription_id <> :id
+      AND status IN ('trialing', 'active', 'past_due', 'unpaid')
+    ORDER BY updated_at DESC, subscription_id
+    LIMIT 1
 """)
 
 REFUNDED_SO_FAR = text("""
@@ -103,21 +118,19 @@ class PostgresStripe:
         object_id = event.object_id
         if object_id is None:
             return True
-        row = (await self._conn.execute(LOCK_OBJECT, {"id": object_id})).first()
-        if row is not None:
-            last_created, was_terminal = row
-            if event.created < last_created or (event.created == last_created and was_terminal):
-                return False
-        await self._conn.execute(
-            ADVANCE_OBJECT,
-            {
-                "id": object_id,
-                "type": event.object_type,
-                "created": event.created,
-                "event_id": event.event_id,
-                "terminal": terminal,
-            },
-        )
+        params = {
+            "id": object_id,
+            "type": event.object_type,
+            "created": event.created,
+            "event_id": event.event_id,
+            "terminal": terminal,
+        }
+        if (await self._conn.execute(FIRST_OF_OBJECT, params)).first() is not None:
+            return True
+        last_created, was_terminal = (await self._conn.execute(LOCK_OBJECT, params)).one()
+        if event.created < last_created or (event.created == last_created and was_terminal):
+            return False
+        await self._conn.execute(ADVANCE_OBJECT, params)
         return True
 
     async def link_customer(self, customer: str, account: str) -> bool:
@@ -177,6 +190,17 @@ class PostgresStripe:
                 "at": at,
             },
         )
+
+    async def other_live_subscription(
+        self, account: str, subscription_id: str
+    ) -> tuple[str, str] | None:
+        """(plan, status) of another live subscription of the account, the latest one."""
+        row = (
+            await self._conn.execute(
+                OTHER_LIVE_SUBSCRIPTION, {"account": account, "id": subscription_id}
+            )
+        ).first()
+        return (str(row[0]), str(row[1])) if row is not None else None
 
     async def refunded_so_far(self, charge_id: str) -> Decimal:
         """What refunds of the charge the ledger already holds."""
