@@ -255,6 +255,46 @@ class InvoicePaymentData(_Payload):
     )
 
 
+class InvoiceLineData(_Payload):
+    """One line of an invoice, as the customer reads it."""
+
+    line_no: int = Field(ge=1, description="Position on the invoice, from 1.")
+    kind: Literal["plan_fee", "usage", "credits", "adjustment"] = Field(
+        description="plan_fee, usage (a meter), credits (informational) or adjustment "
+        "(late usage of an earlier, closed period)."
+    )
+    description: str = Field(description="What the line is, in words.")
+    meter: Name | None = Field(description="The meter of usage and adjustment lines.")
+    quantity: NonNegativeDecimalString = Field(description="Usage in the period.")
+    billable: NonNegativeDecimalString = Field(
+        description="Usage charged for, after included and free quantities."
+    )
+    amount: DecimalString = Field(
+        description="Money, rounded once to the currency's minor unit (adjustments may be "
+        "negative)."
+    )
+    refers_to_period_start: UtcDatetime | None = Field(
+        description="Adjustments: the start of the closed period they correct."
+    )
+
+
+class InvoiceReadyData(_Payload):
+    """``data`` of ``invoice.ready``: a billing period was closed into an invoice."""
+
+    invoice_id: Identifier = Field(description="Our invoice id.")
+    period_start: UtcDatetime = Field(description="Start of the billed period (inclusive).")
+    period_end: UtcDatetime = Field(description="End of the billed period (exclusive).")
+    plan: Name = Field(description="The plan in force at the end of the period.")
+    lines: list[InvoiceLineData] = Field(description="The invoice lines, in order.")
+    subtotal: DecimalString = Field(description="Sum of the line amounts.")
+    credits_applied: NonNegativeDecimalString = Field(
+        description="Prepaid credits used in the period (credits, not money)."
+    )
+    total: DecimalString = Field(description="What is owed.")
+    currency: CurrencyCode = Field(description="Lower-case ISO 4217 code, e.g. usd.")
+    pricebook_version: Name = Field(description="The price book the invoice was rated with.")
+
+
 DataT_co = TypeVar("DataT_co", bound=BaseModel, covariant=True)
 """The payload model of an envelope. Covariant (envelopes are frozen), so every per-type
 envelope is a ``BillingEvent[BaseModel]`` to code that handles events generically."""
@@ -358,6 +398,14 @@ class SubscriptionChangedEvent(BillingEvent[SubscriptionChangedData]):
     type: Literal["subscription.changed"] = "subscription.changed"
 
 
+class InvoiceReadyEvent(BillingEvent[InvoiceReadyData]):
+    """``invoice.ready``: a billing period was closed into an invoice."""
+
+    model_config = _config("invoice-ready", "InvoiceReadyEvent")
+
+    type: Literal["invoice.ready"] = "invoice.ready"
+
+
 class InvoicePaidEvent(BillingEvent[InvoicePaymentData]):
     """``invoice.paid``: a Stripe invoice of the account was paid."""
 
@@ -382,6 +430,7 @@ EVENT_TYPES: Mapping[str, type[BillingEvent[Any]]] = MappingProxyType(
         "credits.exhausted": CreditsExhaustedEvent,
         "usage.rejected": UsageRejectedEvent,
         "subscription.changed": SubscriptionChangedEvent,
+        "invoice.ready": InvoiceReadyEvent,
         "invoice.paid": InvoicePaidEvent,
         "invoice.payment_failed": InvoicePaymentFailedEvent,
     }

@@ -14,6 +14,7 @@ from schemas.events import (
     CreditsLowEvent,
     InvoicePaidEvent,
     InvoicePaymentFailedEvent,
+    InvoiceReadyEvent,
     QuotaExceededEvent,
     QuotaWarningEvent,
     SubscriptionChangedEvent,
@@ -35,6 +36,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "credits-exhausted.v1.json": CreditsExhaustedEvent,
     "usage-rejected.v1.json": UsageRejectedEvent,
     "subscription-changed.v1.json": SubscriptionChangedEvent,
+    "invoice-ready.v1.json": InvoiceReadyEvent,
     "invoice-paid.v1.json": InvoicePaidEvent,
     "invoice-payment-failed.v1.json": InvoicePaymentFailedEvent,
 }
@@ -50,6 +52,7 @@ WRITTEN_BY_WORKER: frozenset[type[BaseModel]] = frozenset(
         CreditsExhaustedEvent,
         UsageRejectedEvent,
         SubscriptionChangedEvent,
+        InvoiceReadyEvent,
         InvoicePaidEvent,
         InvoicePaymentFailedEvent,
     }

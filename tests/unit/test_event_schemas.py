@@ -21,9 +21,12 @@ from schemas import (
     CreditsEventData,
     CreditsExhaustedEvent,
     CreditsLowEvent,
+    InvoiceLineData,
     InvoicePaidEvent,
     InvoicePaymentData,
     InvoicePaymentFailedEvent,
+    InvoiceReadyData,
+    InvoiceReadyEvent,
     QuotaCheckError,
     QuotaCheckReply,
     QuotaCheckRequest,
@@ -98,6 +101,54 @@ def invoice_data(**overrides: Any) -> InvoicePaymentData:
     return InvoicePaymentData(**(fields | overrides))
 
 
+def ready_data() -> InvoiceReadyData:
+    """A closed period: PLUS fee, 3 websites, a negative adjustment of an earlier month."""
+    lines = [
+        InvoiceLineData(
+            line_no=1,
+            kind="plan_fee",
+            description="PLUS plan",
+            meter=None,
+            quantity=Decimal(1),
+            billable=Decimal(1),
+            amount=Decimal("9.90"),
+            refers_to_period_start=None,
+        ),
+        InvoiceLineData(
+            line_no=2,
+            kind="usage",
+            description="websites_generated: 3 at 0.50",
+            meter="websites_generated",
+            quantity=Decimal(3),
+            billable=Decimal(3),
+            amount=Decimal("1.50"),
+            refers_to_period_start=None,
+        ),
+        InvoiceLineData(
+            line_no=3,
+            kind="adjustment",
+            description="late usage of 2026-10",
+            meter="peak_storage",
+            quantity=Decimal(2),
+            billable=Decimal(2),
+            amount=Decimal("-0.40"),
+            refers_to_period_start=datetime(2026, 10, 1, tzinfo=UTC),
+        ),
+    ]
+    return InvoiceReadyData(
+        invoice_id="inv_acct_42_202611",
+        period_start=PERIOD_START,
+        period_end=PERIOD_END,
+        plan="PLUS",
+        lines=lines,
+        subtotal=Decimal("11.00"),
+        credits_applied=Decimal(0),
+        total=Decimal("11.00"),
+        currency="usd",
+        pricebook_version="2026-11-launch",
+    )
+
+
 def example_events() -> dict[str, BillingEvent[Any]]:
     """One valid event of every type, built the way the worker builds them."""
     common: dict[str, Any] = {"subject": "acct_42", "time": AT}
@@ -131,6 +182,7 @@ def example_events() -> dict[str, BillingEvent[Any]]:
         CreditsExhaustedEvent(id="e", data=exhausted, **common),
         UsageRejectedEvent(id="r", data=rejected, **common),
         SubscriptionChangedEvent(id="s", data=changed, **common),
+        InvoiceReadyEvent(id="i", data=ready_data(), **common),
         InvoicePaidEvent(id="p", data=invoice_data(), **common),
         InvoicePaymentFailedEvent(
             id="f",
@@ -485,6 +537,7 @@ class TestEnvelopes:
             "credits.exhausted",
             "usage.rejected",
             "subscription.changed",
+            "invoice.ready",
             "invoice.paid",
             "invoice.payment_failed",
         }
@@ -518,7 +571,7 @@ class TestEnvelopes:
                 errors = errors_of(envelope, body | {"type": other})
                 assert ("literal_error", ("type",)) in errors
         published = published_validator(envelope)
-        assert list(published.iter_errors(body | {"type": "invoice.ready"}))
+        assert list(published.iter_errors(body | {"type": "invoice.voided"}))
 
     @pytest.mark.parametrize(
         ("field", "value"),
