@@ -1,0 +1,364 @@
+"""Invoices on PostgreSQL: which periods are due, what a period holds, the invoice rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billing_worker.domain.invoicing import InvoiceDraft, MeterUsage
+from billing_worker.domain.periods import BillingPeriod
+
+# Calendar months from the account's first month (or its first usage, if earlier: late
+# events can predate the account row) up to the last month ending before the cut-off,
+# without an invoice yet. Month arithmetic in UTC whatever the session's time zone.
+DUE_PERIODS = text("""
+    SELECT a.account_id, m.start
+    FROM accounts AS a
+    CROSS JOIN LATERAL generate_series(
+        least(date_trunc('month', a.created_at, 'UTC'),
+              coalesce((SELECT min(g.period_start) FROM usage_aggregates AS g
+                        WHERE g.account_id = a.account_id), 'infinity')),
+        :last_start,
+        interval '1 month') AS m(start)
+    WHERE (CAST(:account AS text) IS NULL OR a.account_id = :account)
+      AND NOT EXISTS (SELECT 1 FROM invoices AS i
+                      WHERE i.account_id = a.account_id AND i.period_start = m.start)
+    ORDER BY m.start, a.account_id
+    LIMIT :limit
+""")
+
+INVOICE_FOR = text("""
+    SELECT invoice_id FROM invoices WHERE account_id = :account AND period_start = :start
+""")
+
+PLAN_CHANGES = text("""
+    SELECT effective_at, details ->> 'plan', details ->> 'previous_plan'
+    FROM account_ledger
+    WHERE account_id = :account AND kind = 'plan_changed' AND effective_at < :end
+    ORDER BY effective_at, entry_id
+""")
+
+USAGE = text("""
+    SELECT g.meter, g.quantity, count(l.entry_id), min(l.entry_id), max(l.entry_id)
+    FROM usage_aggregates AS g
+    JOIN usage_ledger AS l
+      ON l.account_id = g.account_id AND l.meter = g.meter AND l.period_start = g.period_start
+    WHERE g.account_id = :account AND g.period_start = :start
+    GROUP BY g.meter, g.quantity
+    ORDER BY g.meter
+""")
+
+BY_DIMENSION = text("""
+    SELECT coalesce(l.dimensions ->> :dimension, 'null'), sum(l.quantity)
+    FROM usage_ledger AS l
+    WHERE l.account_id = :account AND l.period_start = :start AND l.meter = :meter
+    GROUP BY 1 ORDER BY 1
+""")
+
+CREDITS_USED = text("""
+    SELECT coalesce(sum(CASE kind WHEN 'burn' THEN -credits ELSE credits END), 0)
+    FROM credit_ledger
+    WHERE account_id = :account AND kind IN ('burn', 'shortfall')
+      AND effective_at >= :start AND effective_at < :end
+""")
+
+# Per earlier invoiced period and meter: what was invoiced so far (the latest line's
+# quantity, the sum of amounts) and the usage-ledger entries recorded after that.
+LATE_USAGE = text("""
+    WITH invoiced AS (
+        SELECT i.invoice_id, i.period_start, i.period_end, i.last_entry_id
+        FROM invoices AS i WHERE i.account_id = :account AND i.period_start < :start
+    ), billed AS (
+        SELECT coalesce(l.refers_to_start, inv.period_start) AS period_start, l.meter,
+               (array_agg(l.quantity ORDER BY inv.period_start DESC, l.line_no DESC))[1]
+                   AS quantity,
+               (array_agg(l.included ORDER BY inv.period_start, l.line_no))[1] AS included,
+               sum(l.amount) AS amount,
+               max(l.last_entry_id) AS adjusted_through
+        FROM invoice_lines AS l JOIN invoices AS inv USING (invoice_id)
+        WHERE inv.account_id = :account AND l.kind IN ('usage', 'adjustment')
+        GROUP BY 1, 2
+    )
+    SELECT i.period_start, i.period_end, u.meter, g.quantity,
+           coalesce(b.quantity, 0), coalesce(b.included, 0), coalesce(b.amount, 0),
+           count(*), min(u.entry_id), max(u.entry_id)
+    FROM invoiced AS i
+    JOIN usage_ledger AS u
+      ON u.account_id = :account AND u.period_start = i.period_start
+     AND u.entry_id > greatest(coalesce(i.last_entry_id, 0), 0)
+    LEFT JOIN billed AS b ON b.period_start = i.period_start AND b.meter = u.meter
+    JOIN usage_aggregates AS g
+      ON g.account_id = :account AND g.period_start = i.period_start AND g.meter = u.meter
+    WHERE u.entry_id > coalesce(b.adjusted_through, 0)
+    GROUP BY i.period_start, i.period_end, u.meter, g.quantity, b.quantity, b.included, b.amount
+    ORDER BY i.period_start, u.meter
+""")
+
+INSERT_INVOICE = text("""
+    INSERT INTO invoices (invoice_id, account_id, period_start, period_end, status, plan,
+                          currency, subtotal, credits_applied, total, pricebook_version,
+                          last_entry_id)
+    VALUES (:id, :account, :start, :end, :status, :plan, :currency, :subtotal, :credits,
+            :total, :version, :last_entry_id)
+    ON CONFLICT (account_id, period_start) DO NOTHING
+    RETURNING invoice_id
+""")
+
+INSERT_LINES = text("""
+    INSERT INTO invoice_lines (invoice_id, line_no, kind, description, meter, dimension_value,
+                               quantity, included, free_quantity, billable, price, tiers,
+                               amount, unrounded, entries, first_entry_id, last_entry_id,
+                               refers_to_start, refers_to_end)
+    SELECT :id, l.n, l.k, l.d, l.m, l.dv, l.q, l.inc, l.f, l.b, l.p, l.t, l.a, l.u, l.e,
+           l.fe, l.le, l.rs, l.re
+    FROM json_to_recordset(CAST(:lines AS json)) AS l(
+        n int, k text, d text, m text, dv text, q numeric, inc numeric, f numeric,
+        b numeric, p text, t jsonb, a numeric, u numeric, e int, fe bigint, le bigint,
+        rs timestamptz, re timestamptz)
+""")
+
+GET_INVOICE = text("""
+    SELECT invoice_id, account_id, period_start, period_end, status, plan, currency,
+           subtotal, credits_applied, total, pricebook_version, last_entry_id, closed_at,
+           stripe_invoice_id, stripe_sync_error, stripe_sync_attempts
+    FROM invoices WHERE invoice_id = :id
+""")
+
+LOCK_INVOICE = text("SELECT status FROM invoices WHERE invoice_id = :id FOR UPDATE")
+
+SET_STATUS = text("UPDATE invoices SET status = :status WHERE invoice_id = :id")
+
+GET_LINES = text("""
+    SELECT line_no, kind, description, meter, dimension_value, quantity, included,
+           free_quantity, billable, price, tiers, amount, unrounded, entries,
+           first_entry_id, last_entry_id, refers_to_start, refers_to_end
+    FROM invoice_lines WHERE invoice_id = :id ORDER BY line_no
+""")
+
+LINE_ENTRIES = text("""
+    SELECT entry_id, event_source, event_id, event_type, occurred_at, quantity,
+           pricebook_version
+    FROM usage_ledger
+    WHERE account_id = :account AND period_start = :start AND meter = :meter
+      AND entry_id BETWEEN :first AND :last
+    ORDER BY entry_id
+    LIMIT :limit
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class LateUsage:
+    """Usage of an invoiced period recorded after its invoice (or its last adjustment)."""
+
+    period: BillingPeriod
+    meter: str
+    quantity: Decimal
+    invoiced_quantity: Decimal
+    included: Decimal
+    invoiced_amount: Decimal
+    entries: int
+    first_entry_id: int
+    last_entry_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInvoice:
+    """An invoice row."""
+
+    invoice_id: str
+    account: str
+    period: BillingPeriod
+    status: str
+    plan: str
+    currency: str
+    subtotal: Decimal
+    credits_applied: Decimal
+    total: Decimal
+    pricebook_version: str
+    last_entry_id: int | None
+    closed_at: datetime
+    stripe_invoice_id: str | None
+    stripe_sync_error: str | None
+    stripe_sync_attempts: int
+
+
+def _json(rows: object) -> str:
+    return orjson.dumps(rows, default=str).decode()
+
+
+class PostgresInvoices:
+    """``InvoiceStore`` on one open transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def due_periods(
+        self, last_start: datetime, *, account: str | None, limit: int
+    ) -> list[tuple[str, datetime]]:
+        """(account, period start) of months up to ``last_start`` not invoiced yet."""
+        result = await self._conn.execute(
+            DUE_PERIODS, {"last_start": last_start, "account": account, "limit": limit}
+        )
+        return [(str(a), start) for a, start in result]
+
+    async def invoice_for(self, account: str, period: BillingPeriod) -> str | None:
+        """The id of the account's invoice for ``period``, if it was closed."""
+        row = (
+            await self._conn.execute(INVOICE_FOR, {"account": account, "start": period.start})
+        ).first()
+        return str(row[0]) if row is not None else None
+
+    async def plan_changes(
+        self, account: str, period: BillingPeriod
+    ) -> list[tuple[datetime, str, str | None]]:
+        """(effective at, plan, previous plan) of every change before the period's end."""
+        result = await self._conn.execute(PLAN_CHANGES, {"account": account, "end": period.end})
+        return [(at, str(plan), prev) for at, plan, prev in result]
+
+    async def usage(
+        self, account: str, period: BillingPeriod, dimensions: Mapping[str, str]
+    ) -> list[MeterUsage]:
+        """Each meter's period total with the ledger entries behind it; per dimension value
+        for the meters in ``dimensions`` (meter -> the data field it is priced by)."""
+        params = {"account": account, "start": period.start}
+        usages = []
+        for meter, quantity, entries, first, last in await self._conn.execute(USAGE, params):
+            by_dimension: dict[str, Decimal] = {}
+            if meter in dimensions:
+                rows = await self._conn.execute(
+                    BY_DIMENSION, {**params, "meter": meter, "dimension": dimensions[meter]}
+                )
+                by_dimension = {str(value): total for value, total in rows}
+            usages.append(MeterUsage(meter, quantity, entries, first, last, by_dimension))
+        return usages
+
+    async def credits_used(self, account: str, period: BillingPeriod) -> Decimal:
+        """Credits burned (and short) by usage in the period."""
+        row = await self._conn.execute(
+            CREDITS_USED, {"account": account, "start": period.start, "end": period.end}
+        )
+        return Decimal(row.scalar_one())
+
+    async def late_usage(self, account: str, before: BillingPeriod) -> list[LateUsage]:
+        """Usage of the account's invoiced periods before ``before`` recorded since."""
+        result = await self._conn.execute(LATE_USAGE, {"account": account, "start": before.start})
+        return [
+            LateUsage(BillingPeriod(ps, pe), m, q, iq, inc, ia, n, first, last)
+            for ps, pe, m, q, iq, inc, ia, n, first, last in result
+        ]
+
+    async def insert(
+        self, invoice_id: str, draft: InvoiceDraft, *, status: str, last_entry_id: int | None
+    ) -> bool:
+        """Write the invoice and its lines; False if the period was invoiced already."""
+        inserted = (
+            await self._conn.execute(
+                INSERT_INVOICE,
+                {
+                    "id": invoice_id,
+                    "account": draft.account,
+                    "start": draft.period.start,
+                    "end": draft.period.end,
+                    "status": status,
+                    "plan": draft.plan,
+                    "currency": draft.currency,
+                    "subtotal": draft.subtotal,
+                    "credits": draft.credits_applied,
+                    "total": draft.total,
+                    "version": draft.pricebook_version,
+                    "last_entry_id": last_entry_id,
+                },
+            )
+        ).first()
+        if inserted is None:
+            return False
+        lines = [
+            {
+                "n": n,
+                "k": line.kind,
+                "d": line.description,
+                "m": line.meter,
+                "dv": line.dimension_value,
+                "q": str(line.quantity),
+                "inc": str(line.included),
+                "f": str(line.free_quantity),
+                "b": str(line.billable),
+                "p": line.price,
+                "t": [_tier(t) for t in line.tiers],
+                "a": str(line.amount),
+                "u": str(line.unrounded),
+                "e": line.entries,
+                "fe": line.first_entry_id,
+                "le": line.last_entry_id,
+                "rs": line.refers_to.start.isoformat() if line.refers_to else None,
+                "re": line.refers_to.end.isoformat() if line.refers_to else None,
+            }
+            for n, line in enumerate(draft.lines, start=1)
+        ]
+        await self._conn.execute(INSERT_LINES, {"id": invoice_id, "lines": _json(lines)})
+        return True
+
+    async def get(self, invoice_id: str, *, lock: bool = False) -> StoredInvoice | None:
+        """The invoice (locked until the transaction ends with ``lock``)."""
+        if lock:
+            await self._conn.execute(LOCK_INVOICE, {"id": invoice_id})
+        row = (await self._conn.execute(GET_INVOICE, {"id": invoice_id})).first()
+        if row is None:
+            return None
+        (iid, account, start, end, status, plan, currency, subtotal, credits, total, version,
+         last_entry_id, closed_at, stripe_id, stripe_error, attempts) = row  # fmt: skip
+        return StoredInvoice(
+            iid, account, BillingPeriod(start, end), status, plan, currency, subtotal,
+            credits, total, version, last_entry_id, closed_at, stripe_id, stripe_error,
+            attempts,
+        )  # fmt: skip
+
+    async def set_status(self, invoice_id: str, status: str) -> None:
+        """Move the invoice to ``status`` (the caller writes the ledger entry)."""
+        await self._conn.execute(SET_STATUS, {"id": invoice_id, "status": status})
+
+    async def lines(self, invoice_id: str) -> list[dict[str, Any]]:
+        """The invoice's lines as stored."""
+        result = await self._conn.execute(GET_LINES, {"id": invoice_id})
+        keys = list(result.keys())
+        return [dict(zip(keys, row, strict=True)) for row in result]
+
+    async def line_entries(
+        self, account: str, period: BillingPeriod, meter: str, first: int, last: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """The usage-ledger entries behind a line (the first ``limit``)."""
+        result = await self._conn.execute(
+            LINE_ENTRIES,
+            {
+                "account": account,
+                "start": period.start,
+                "meter": meter,
+                "first": first,
+                "last": last,
+                "limit": limit,
+            },
+        )
+        keys = list(result.keys())
+        return [dict(zip(keys, row, strict=True)) for row in result]
+
+
+def _tier(charge: Any) -> dict[str, str]:  # noqa: ANN401 - a TierCharge
+    return {
+        "tier": str(charge.tier_index),
+        "from": str(charge.from_quantity),
+        "to": str(charge.to_quantity),
+        "units": str(charge.units),
+        "unit_price": str(charge.unit_price),
+        "flat_fee": str(charge.flat_fee),
+        "amount": str(charge.amount),
+    }
+
+
+__all__ = ["LateUsage", "PostgresInvoices", "StoredInvoice"]
