@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from billing_worker.domain.credits import AlertKind, CreditAlert
+from billing_worker.domain.invoicing import InvoiceDraft
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.quotas import ThresholdCrossing
 from billing_worker.service.ports import OutgoingEvent, QuotaAlert
@@ -14,9 +15,12 @@ from schemas.events import (
     CreditsEventData,
     CreditsExhaustedEvent,
     CreditsLowEvent,
+    InvoiceLineData,
     InvoicePaidEvent,
     InvoicePaymentData,
     InvoicePaymentFailedEvent,
+    InvoiceReadyData,
+    InvoiceReadyEvent,
     QuotaEventData,
     QuotaExceededEvent,
     QuotaWarningEvent,
@@ -162,3 +166,34 @@ def invoice_payment(
     )
     envelope_type = InvoicePaidEvent if event_type == "invoice.paid" else InvoicePaymentFailedEvent
     return _outgoing(envelope_type(id=event_id, subject=account, time=at, data=data))
+
+
+def invoice_ready(invoice_id: str, draft: InvoiceDraft, *, at: datetime) -> OutgoingEvent:
+    """``invoice.ready``; one per invoice, so its id names the invoice."""
+    lines = [
+        InvoiceLineData(
+            line_no=n,
+            kind=line.kind,  # type: ignore[arg-type]
+            description=line.description,
+            meter=line.meter,
+            quantity=line.quantity,
+            billable=line.billable,
+            amount=line.amount,
+            refers_to_period_start=line.refers_to.start if line.refers_to else None,
+        )
+        for n, line in enumerate(draft.lines, start=1)
+    ]
+    data = InvoiceReadyData(
+        invoice_id=invoice_id,
+        period_start=draft.period.start,
+        period_end=draft.period.end,
+        plan=draft.plan,
+        lines=lines,
+        subtotal=draft.subtotal,
+        credits_applied=draft.credits_applied,
+        total=draft.total,
+        currency=draft.currency,
+        pricebook_version=draft.pricebook_version,
+    )
+    event_id = deterministic_event_id("invoice.ready", draft.account, invoice_id)
+    return _outgoing(InvoiceReadyEvent(id=event_id, subject=draft.account, time=at, data=data))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from billing_worker.domain.credits import BurnResult, GrantBalance
+from billing_worker.domain.invoicing import InvoiceDraft, LateUsage, MeterUsage, StoredInvoice
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import CreditSource, PriceBook
 from billing_worker.domain.quotas import PeriodUsage, ThresholdCrossing
@@ -214,6 +215,54 @@ class StripeStore(Protocol):
         ...
 
 
+class InvoiceStore(Protocol):
+    """Invoices and what closing a period reads."""
+
+    async def due_periods(
+        self, last_start: datetime, *, account: str | None, limit: int
+    ) -> list[tuple[str, datetime]]:
+        """(account, period start) of months up to ``last_start`` not invoiced yet."""
+        ...
+
+    async def invoice_for(self, account: str, period: BillingPeriod) -> str | None:
+        """The id of the account's invoice for ``period``."""
+        ...
+
+    async def plan_changes(
+        self, account: str, period: BillingPeriod
+    ) -> list[tuple[datetime, str, str | None]]:
+        """(effective at, plan, previous plan) of every change before the period's end."""
+        ...
+
+    async def usage(
+        self, account: str, period: BillingPeriod, dimensions: Mapping[str, str]
+    ) -> list[MeterUsage]:
+        """Each meter's period total with the ledger entries behind it."""
+        ...
+
+    async def credits_used(self, account: str, period: BillingPeriod) -> Decimal:
+        """Credits burned (and short) by usage in the period."""
+        ...
+
+    async def late_usage(self, account: str, before: BillingPeriod) -> list[LateUsage]:
+        """Usage of invoiced periods before ``before`` recorded since their invoice."""
+        ...
+
+    async def insert(
+        self, invoice_id: str, draft: InvoiceDraft, *, status: str, last_entry_id: int | None
+    ) -> bool:
+        """Write the invoice and its lines; False if the period was invoiced already."""
+        ...
+
+    async def get(self, invoice_id: str, *, lock: bool = False) -> StoredInvoice | None:
+        """The invoice."""
+        ...
+
+    async def set_status(self, invoice_id: str, status: str) -> None:
+        """Move the invoice to ``status``."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction. Leaving it without ``commit()`` rolls back.
 
@@ -244,6 +293,11 @@ class UnitOfWork(Protocol):
     @property
     def stripe(self) -> StripeStore:
         """Stripe state bound to this transaction."""
+        ...
+
+    @property
+    def invoices(self) -> InvoiceStore:
+        """Invoices bound to this transaction."""
         ...
 
     async def __aenter__(self) -> Self: ...

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -12,7 +11,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing_worker.domain.invoicing import InvoiceDraft, MeterUsage
+from billing_worker.domain.invoicing import InvoiceDraft, LateUsage, MeterUsage, StoredInvoice
 from billing_worker.domain.periods import BillingPeriod
 
 # Calendar months from the account's first month (or its first usage, if earlier: late
@@ -153,42 +152,6 @@ LINE_ENTRIES = text("""
 """)
 
 
-@dataclass(frozen=True, slots=True)
-class LateUsage:
-    """Usage of an invoiced period recorded after its invoice (or its last adjustment)."""
-
-    period: BillingPeriod
-    meter: str
-    quantity: Decimal
-    invoiced_quantity: Decimal
-    included: Decimal
-    invoiced_amount: Decimal
-    entries: int
-    first_entry_id: int
-    last_entry_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoredInvoice:
-    """An invoice row."""
-
-    invoice_id: str
-    account: str
-    period: BillingPeriod
-    status: str
-    plan: str
-    currency: str
-    subtotal: Decimal
-    credits_applied: Decimal
-    total: Decimal
-    pricebook_version: str
-    last_entry_id: int | None
-    closed_at: datetime
-    stripe_invoice_id: str | None
-    stripe_sync_error: str | None
-    stripe_sync_attempts: int
-
-
 def _json(rows: object) -> str:
     return orjson.dumps(rows, default=str).decode()
 
@@ -312,11 +275,11 @@ class PostgresInvoices:
         row = (await self._conn.execute(GET_INVOICE, {"id": invoice_id})).first()
         if row is None:
             return None
-        (iid, account, start, end, status, plan, currency, subtotal, credits, total, version,
-         last_entry_id, closed_at, stripe_id, stripe_error, attempts) = row  # fmt: skip
+        (iid, account, start, end, status, plan, currency, subtotal, credit_total, total,
+         version, last_entry_id, closed_at, stripe_id, stripe_error, attempts) = row  # fmt: skip
         return StoredInvoice(
             iid, account, BillingPeriod(start, end), status, plan, currency, subtotal,
-            credits, total, version, last_entry_id, closed_at, stripe_id, stripe_error,
+            credit_total, total, version, last_entry_id, closed_at, stripe_id, stripe_error,
             attempts,
         )  # fmt: skip
 
@@ -331,7 +294,7 @@ class PostgresInvoices:
         return [dict(zip(keys, row, strict=True)) for row in result]
 
     async def line_entries(
-        self, account: str, period: BillingPeriod, meter: str, first: int, last: int, limit: int
+        self, account: str, period: BillingPeriod, meter: str, *, first: int, last: int, limit: int
     ) -> list[dict[str, Any]]:
         """The usage-ledger entries behind a line (the first ``limit``)."""
         result = await self._conn.execute(
@@ -349,7 +312,7 @@ class PostgresInvoices:
         return [dict(zip(keys, row, strict=True)) for row in result]
 
 
-def _tier(charge: Any) -> dict[str, str]:  # noqa: ANN401 - a TierCharge
+def _tier(charge: Any) -> dict[str, str]:
     return {
         "tier": str(charge.tier_index),
         "from": str(charge.from_quantity),
@@ -361,4 +324,4 @@ def _tier(charge: Any) -> dict[str, str]:  # noqa: ANN401 - a TierCharge
     }
 
 
-__all__ = ["LateUsage", "PostgresInvoices", "StoredInvoice"]
+__all__ = ["PostgresInvoices"]

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from billing_worker.adapters.postgres.account_store import PostgresAccounts
 from billing_worker.adapters.postgres.credit_store import PostgresCredits
 from billing_worker.adapters.postgres.errors import translate
+from billing_worker.adapters.postgres.invoice_store import PostgresInvoices
 from billing_worker.adapters.postgres.outbox_store import PostgresOutbox
 from billing_worker.adapters.postgres.stripe_store import PostgresStripe
 from billing_worker.domain.errors import TransientError
@@ -293,6 +294,7 @@ class PostgresUnitOfWork:
         self._credits: PostgresCredits | None = None
         self._accounts: PostgresAccounts | None = None
         self._stripe: PostgresStripe | None = None
+        self._invoices: PostgresInvoices | None = None
 
     @property
     def usage(self) -> PostgresUsageStore:
@@ -329,6 +331,13 @@ class PostgresUnitOfWork:
             raise RuntimeError("unit of work is not open")
         return self._stripe
 
+    @property
+    def invoices(self) -> PostgresInvoices:
+        """Invoices bound to this transaction."""
+        if self._invoices is None:
+            raise RuntimeError("unit of work is not open")
+        return self._invoices
+
     async def __aenter__(self) -> Self:
         try:
             self._conn = await self._engine.connect()
@@ -341,6 +350,7 @@ class PostgresUnitOfWork:
         self._credits = PostgresCredits(self._conn)
         self._accounts = PostgresAccounts(self._conn)
         self._stripe = PostgresStripe(self._conn)
+        self._invoices = PostgresInvoices(self._conn)
         return self
 
     async def __aexit__(

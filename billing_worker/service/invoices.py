@@ -1,0 +1,233 @@
+"""Close billing periods into invoices, and move invoices through their statuses.
+
+A period is closed in one transaction: the account row is locked (usage batches for the
+account hold a key-share lock on it until they commit, so when the lock is ours every
+ledger entry of the period is committed, and none can land until we commit); the
+invoice, its lines, an ``invoice_issued`` account-ledger entry and ``invoice.ready`` are
+written together; the unique (account, period) makes a second closer a no-op. A crash
+leaves nothing or the whole invoice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from billing_worker.domain.errors import PermanentError
+from billing_worker.domain.invoicing import (
+    InvoiceLine,
+    PlanSpan,
+    adjustment_line,
+    build_invoice,
+)
+from billing_worker.domain.periods import BillingPeriod, calendar_month_of
+from billing_worker.domain.pricebook import PriceBook
+from billing_worker.service.events import invoice_ready
+from billing_worker.service.ports import UnitOfWork, UnitOfWorkFactory
+
+TRANSITIONS = {
+    "draft": {"open", "void"},
+    "open": {"paid", "uncollectible", "void"},
+    "uncollectible": {"paid", "void"},
+    "paid": set(),
+    "void": set(),
+}
+
+
+class InvoiceNotFound(PermanentError):
+    """No invoice of that id."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="unknown_invoice")
+
+
+class InvalidTransition(PermanentError):
+    """The invoice can't move to that status from where it is."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="invalid_invoice_transition")
+
+
+def invoice_id_for(account: str, period: BillingPeriod) -> str:
+    """Our invoice id: readable, and the same whoever closes the period."""
+    return f"inv-{period.start:%Y%m}-{account}"
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """An invoice a close wrote."""
+
+    invoice_id: str
+    account: str
+    period: BillingPeriod
+    total: str
+    currency: str
+
+
+def last_closable_start(as_of: datetime, grace: timedelta) -> datetime:
+    """Start of the last calendar month that ended at least ``grace`` before ``as_of``."""
+    current = calendar_month_of(as_of - grace)
+    return calendar_month_of(current.start - timedelta(seconds=1)).start
+
+
+async def close_due_periods(
+    uow_factory: UnitOfWorkFactory,
+    book: PriceBook,
+    *,
+    as_of: datetime,
+    grace: timedelta,
+    account: str | None = None,
+    limit: int = 500,
+) -> list[Closed]:
+    """Close every period that ended ``grace`` before ``as_of`` and has no invoice yet."""
+    last_start = last_closable_start(as_of, grace)
+    async with uow_factory() as uow:
+        due = await uow.invoices.due_periods(last_start, account=account, limit=limit)
+    closed = []
+    for due_account, start in due:
+        period = calendar_month_of(start)
+        result = await close_period(
+            uow_factory, book, account=due_account, period=period, now=as_of
+        )
+        if result is not None:
+            closed.append(result)
+    return closed
+
+
+async def close_period(
+    uow_factory: UnitOfWorkFactory,
+    book: PriceBook,
+    *,
+    account: str,
+    period: BillingPeriod,
+    now: datetime,
+) -> Closed | None:
+    """Close one account's period; None if it was closed already (by another replica)."""
+    async with uow_factory() as uow:
+        stored = await uow.accounts.get(account, lock=True)
+        if stored is None or await uow.invoices.invoice_for(account, period) is not None:
+            return None
+        spans = await _plan_spans(uow, account, period, current_plan=stored.plan)
+        dimensions = {
+            meter: price.dimension
+            for meter, price in book.prices.items()
+            if price.dimension is not None
+        }
+        usage = await uow.invoices.usage(account, period, dimensions)
+        credits_used = await uow.invoices.credits_used(account, period)
+        currency = book.plan(spans[-1].plan).currency
+        adjustments = await _adjustments(uow, book, account, period, currency)
+        draft = build_invoice(
+            book,
+            account=account,
+            period=period,
+            spans=spans,
+            usage=usage,
+            credits_used=credits_used,
+            adjustments=adjustments,
+        )
+        watermark = max((u.last_entry_id or 0 for u in usage), default=0) or None
+        invoice_id = invoice_id_for(account, period)
+        if not await uow.invoices.insert(invoice_id, draft, status="open", last_entry_id=watermark):
+            return None
+        await uow.accounts.append_entry(
+            account,
+            "invoice_issued",
+            {
+                "invoice_id": invoice_id,
+                "period_start": period.start.isoformat(),
+                "total": str(draft.total),
+                "currency": draft.currency,
+            },
+            book.version,
+            now,
+        )
+        await uow.outbox.add([invoice_ready(invoice_id, draft, at=now)])
+        await uow.commit()
+    return Closed(invoice_id, account, period, str(draft.total), draft.currency)
+
+
+async def _plan_spans(
+    uow: UnitOfWork, account: str, period: BillingPeriod, *, current_plan: str
+) -> list[PlanSpan]:
+    """The plans in force over the period, from the account ledger's plan changes."""
+    changes = await uow.invoices.plan_changes(account, period)
+    before = [c for c in changes if c[0] <= period.start]
+    during = [c for c in changes if c[0] > period.start]
+    if before:
+        plan = before[-1][1]
+    elif during:
+        plan = during[0][2] or during[0][1]
+    else:
+        plan = current_plan
+    spans = []
+    start = period.start
+    for at, new_plan, _previous in during:
+        if new_plan != plan:
+            spans.append(PlanSpan(plan, start, at))
+            plan, start = new_plan, at
+    spans.append(PlanSpan(plan, start, period.end))
+    return spans
+
+
+async def _adjustments(
+    uow: UnitOfWork, book: PriceBook, account: str, period: BillingPeriod, currency: str
+) -> list[InvoiceLine]:
+    return [
+        adjustment_line(
+            book,
+            meter=late.meter,
+            refers_to=late.period,
+            included=late.included,
+            invoiced_quantity=late.invoiced_quantity,
+            new_quantity=late.quantity,
+            invoiced_amount=late.invoiced_amount,
+            currency=currency,
+            entries=late.entries,
+            first_entry_id=late.first_entry_id,
+            last_entry_id=late.last_entry_id,
+        )
+        for late in await uow.invoices.late_usage(account, period)
+    ]
+
+
+async def move_invoice(
+    uow_factory: UnitOfWorkFactory,
+    book: PriceBook,
+    *,
+    invoice_id: str,
+    status: str,
+    cause: str,
+    now: datetime,
+) -> tuple[str, str]:
+    """Move an invoice to ``status`` (a ledger entry); returns (from, to). Moving to the
+    status it has is a no-op; impossible moves are refused."""
+    async with uow_factory() as uow:
+        invoice = await uow.invoices.get(invoice_id, lock=True)
+        if invoice is None:
+            raise InvoiceNotFound(f"no invoice {invoice_id!r}")
+        if invoice.status == status:
+            return status, status
+        if status not in TRANSITIONS[invoice.status]:
+            raise InvalidTransition(
+                f"invoice {invoice_id} is {invoice.status}; it can't become {status}"
+            )
+        await uow.invoices.set_status(invoice_id, status)
+        await uow.accounts.append_entry(
+            invoice.account,
+            "invoice_status",
+            {"invoice_id": invoice_id, "from": invoice.status, "to": status, "cause": cause},
+            book.version,
+            now,
+        )
+        await uow.commit()
+    return invoice.status, status
+
+
+__all__ = [
+    "Closed",
+    "close_due_periods",
+    "close_period",
+    "invoice_id_for",
+    "move_invoice",
+]

@@ -1,0 +1,221 @@
+"""Closing periods into invoices on real PostgreSQL: exact amounts, exactly once under
+racing closers, all-or-nothing, late usage as adjustments, status moves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from billing_worker.adapters.postgres.database import create_engine_for
+from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.domain.errors import PermanentError
+from billing_worker.domain.usage import UsageRecord
+from billing_worker.service.accounts import change_plan
+from billing_worker.service.invoices import close_due_periods, move_invoice
+from billing_worker.service.record_usage import record_usage_batch
+from tests.pricebooks import DEFAULT_BOOK
+
+OCT_10 = datetime(2026, 10, 10, 12, tzinfo=UTC)
+NOV_2 = datetime(2026, 11, 2, 12, tzinfo=UTC)
+GRACE = timedelta(hours=1)
+_ids = iter(range(1, 10**9))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine_for(database_url, pool_size=4)
+    yield eng
+    await eng.dispose()
+
+
+def event(
+    event_type: str, quantity: int, account: str = "acct_1", at: datetime = OCT_10
+) -> UsageRecord:
+    return UsageRecord(
+        source="svc",
+        event_id=f"e{next(_ids)}",
+        event_type=event_type,
+        account=account,
+        occurred_at=at,
+        quantity=Decimal(quantity),
+    )
+
+
+async def record(engine: AsyncEngine, records: list[UsageRecord], now: datetime = OCT_10) -> None:
+    await record_usage_batch(
+        lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, records, clock=lambda: now
+    )
+
+
+async def close(engine: AsyncEngine, as_of: datetime = NOV_2, **kw: Any) -> list[Any]:
+    return await close_due_periods(
+        lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, as_of=as_of, grace=GRACE, **kw
+    )
+
+
+def ready(sql: psycopg.Connection) -> list[dict[str, Any]]:
+    rows = sql.execute(
+        "SELECT payload FROM outbox WHERE event_type = 'invoice.ready' ORDER BY outbox_id"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def test_usage_closes_into_an_exact_invoice(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """October usage on FREE: 3 websites (1.50) and 7 images (0.70) -> total 2.20, with an
+    invoice_issued ledger entry and invoice.ready carrying the same lines."""
+    await record(
+        engine, [event("generator.website_generated", 3), event("generator.image_generated", 7)]
+    )
+    closed = await close(engine)
+    assert [(c.invoice_id, c.total) for c in closed] == [("inv-202610-acct_1", "2.20")]
+    (payload,) = ready(sql)
+    data = payload["data"]
+    assert (data["total"], data["subtotal"], data["currency"], data["plan"]) == (
+        "2.20",
+        "2.20",
+        "usd",
+        "FREE",
+    )
+    assert [(x["kind"], x["meter"], x["amount"]) for x in data["lines"]] == [
+        ("plan_fee", None, "0.00"),
+        ("usage", "images_generated", "0.70"),
+        ("usage", "websites_generated", "1.50"),
+    ]
+    issued = sql.execute(
+        "SELECT details->>'invoice_id' FROM account_ledger WHERE kind = 'invoice_issued'"
+    ).fetchall()
+    assert issued == [("inv-202610-acct_1",)]
+    lines = sql.execute(
+        "SELECT meter, entries, first_entry_id IS NOT NULL FROM invoice_lines "
+        "WHERE kind = 'usage' ORDER BY line_no"
+    ).fetchall()
+    assert lines == [("images_generated", 1, True), ("websites_generated", 1, True)]
+
+
+async def test_not_due_before_the_grace_and_closed_once(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """A period is not closed within its grace; closing again changes nothing."""
+    await record(engine, [event("generator.website_generated", 1)])
+    assert await close(engine, as_of=datetime(2026, 11, 1, 0, 30, tzinfo=UTC)) == []
+    assert len(await close(engine)) == 1
+    assert await close(engine) == []
+    assert sql.execute("SELECT count(*) FROM invoices").fetchone() == (1,)
+
+
+async def test_racing_closers_write_one_invoice(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """Four closers at once on 20 accounts: each period is invoiced exactly once."""
+    await record(engine, [event("generator.image_generated", 1, f"acct_{i}") for i in range(20)])
+    results = await asyncio.gather(*(close(engine) for _ in range(4)))
+    assert sum(len(r) for r in results) == 20
+    assert sql.execute("SELECT count(*) FROM invoices").fetchone() == (20,)
+    assert len(ready(sql)) == 20
+
+
+async def test_crash_mid_close_leaves_nothing(
+    engine: AsyncEngine, sql: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the invoice rows are written rolls the whole close back; the next
+    close writes it whole."""
+    await record(engine, [event("generator.image_generated", 2)])
+    from billing_worker.adapters.postgres import account_store  # noqa: PLC0415
+
+    real = account_store.PostgresAccounts.append_entry
+
+    async def crash(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(account_store.PostgresAccounts, "append_entry", crash)
+    with pytest.raises(RuntimeError):
+        await close(engine)
+    assert sql.execute("SELECT count(*) FROM invoices").fetchone() == (0,)
+    assert sql.execute("SELECT count(*) FROM invoice_lines").fetchone() == (0,)
+    assert ready(sql) == []
+    monkeypatch.setattr(account_store.PostgresAccounts, "append_entry", real)
+    assert len(await close(engine)) == 1
+    assert sql.execute("SELECT count(*) FROM invoice_lines").fetchone() == (2,)
+
+
+async def test_late_usage_goes_on_the_next_invoice_as_an_adjustment(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """Two websites arrive for October after October was invoiced: November's invoice
+    carries a +1.00 adjustment referring to October; October's invoice is untouched."""
+    await record(engine, [event("generator.website_generated", 3)])
+    await close(engine)
+    await record(engine, [event("generator.website_generated", 2)], now=NOV_2)
+    closed = await close(engine, as_of=datetime(2026, 12, 2, tzinfo=UTC))
+    assert [(c.invoice_id, c.total) for c in closed] == [("inv-202611-acct_1", "1.00")]
+    adjustment = sql.execute(
+        "SELECT meter, quantity, amount, refers_to_start FROM invoice_lines "
+        "WHERE kind = 'adjustment'"
+    ).fetchall()
+    assert adjustment == [
+        ("websites_generated", Decimal(5), Decimal("1.00"), datetime(2026, 10, 1, tzinfo=UTC))
+    ]
+    october = sql.execute(
+        "SELECT total FROM invoices WHERE invoice_id = 'inv-202610-acct_1'"
+    ).fetchone()
+    assert october == (Decimal("1.50"),)
+    # a third close adjusts nothing more
+    assert await close(engine, as_of=datetime(2027, 1, 2, tzinfo=UTC))
+    assert sql.execute(
+        "SELECT count(*) FROM invoice_lines WHERE kind = 'adjustment'"
+    ).fetchone() == (1,)
+
+
+async def test_plan_change_mid_period_is_prorated(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """FREE until Oct 11, then PRO: 19.90 x 21/31 = 13.48."""
+    await record(engine, [event("generator.image_generated", 1)])
+    await change_plan(
+        lambda: PostgresUnitOfWork(engine),
+        DEFAULT_BOOK,
+        account="acct_1",
+        plan="PRO",
+        change_id="c",
+        now=datetime(2026, 10, 11, tzinfo=UTC),
+    )
+    await close(engine)
+    fees = sql.execute(
+        "SELECT amount FROM invoice_lines WHERE kind = 'plan_fee' ORDER BY line_no"
+    ).fetchall()
+    assert fees == [(Decimal("0.00"),), (Decimal("13.48"),)]
+
+
+async def test_status_moves_are_ledger_entries(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """open -> uncollectible -> void, each a ledger entry; void is final and stays visible."""
+    await record(engine, [event("generator.image_generated", 1)])
+    await close(engine)
+    uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
+    invoice = "inv-202610-acct_1"
+    assert await move_invoice(
+        uow, DEFAULT_BOOK, invoice_id=invoice, status="uncollectible", cause="operator", now=NOV_2
+    ) == ("open", "uncollectible")
+    assert await move_invoice(
+        uow, DEFAULT_BOOK, invoice_id=invoice, status="void", cause="operator", now=NOV_2
+    ) == ("uncollectible", "void")
+    with pytest.raises(PermanentError, match="can't become paid"):
+        await move_invoice(
+            uow, DEFAULT_BOOK, invoice_id=invoice, status="paid", cause="stripe", now=NOV_2
+        )
+    moves = sql.execute(
+        "SELECT details->>'from', details->>'to' FROM account_ledger "
+        "WHERE kind = 'invoice_status' ORDER BY entry_id"
+    ).fetchall()
+    assert moves == [("open", "uncollectible"), ("uncollectible", "void")]
+    assert sql.execute("SELECT status FROM invoices").fetchone() == ("void",)
