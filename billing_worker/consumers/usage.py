@@ -108,6 +108,12 @@ def _settlement(outcome: UsageOutcome, record: UsageRecord) -> Outcome:
         return Settled.RECORDED
     if outcome is UsageOutcome.DUPLICATE:
         return Settled.DUPLICATE
+    if outcome is UsageOutcome.LATE:
+        return PermanentError(
+            f"event time {record.occurred_at.isoformat()} falls in a period already invoiced, "
+            'and a meter it feeds rejects late events (price book late_events = "reject")',
+            reason="late_event",
+        )
     return IdempotencyConflict(
         f"key (source={record.source!r}, id={record.event_id!r}) was already recorded "
         "with different content"

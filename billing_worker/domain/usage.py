@@ -98,6 +98,8 @@ class UsageOutcome(enum.Enum):
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
+    LATE = "late"
+    """For a period already invoiced, on a meter whose late-event policy is ``reject``."""
 
 
 def first_occurrences(records: Sequence[UsageRecord]) -> list[UsageRecord]:

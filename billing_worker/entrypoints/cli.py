@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     from billing_worker.entrypoints.operator import add_operator_commands  # noqa: PLC0415
 
     add_operator_commands(commands)
+    from billing_worker.entrypoints.invoicing_commands import (  # noqa: PLC0415
+        add_invoicing_commands,
+    )
+
+    add_invoicing_commands(commands)
     return parser
 
 

@@ -130,6 +130,12 @@ async def run_operator_command(args: argparse.Namespace, settings: Settings) -> 
                     as_json=args.json,
                     out=out,
                 )
+        if args.command in ("close-periods", "invoice", "report"):
+            from billing_worker.entrypoints.invoicing_commands import (  # noqa: PLC0415
+                run_invoicing_command,
+            )
+
+            return await run_invoicing_command(args, settings, book, engine)
         uow_factory = lambda: PostgresUnitOfWork(engine)  # noqa: E731
         if args.command == "account":
             return await _set_plan(args, book, uow_factory, now, out)

@@ -7,7 +7,7 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -39,6 +39,8 @@ from billing_worker.config import Settings
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.entrypoints.signals import stop_on_signals
 from billing_worker.service.accounts import expire_credits
+from billing_worker.service.invoice_sync import sync_invoices
+from billing_worker.service.invoices import close_due_periods
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +48,7 @@ PROBE_INTERVAL_SECONDS = 2.0
 QUOTA_CHECK_PREFETCH = 64
 QUOTA_CHECK_POOL_SIZE = 2
 STRIPE_PREFETCH = 100
+STRIPE_SYNC_INTERVAL_SECONDS = 30.0
 LAST_RELAY_SECONDS = 5.0
 CREDIT_EXPIRY_INTERVAL_SECONDS = 60.0
 
@@ -71,6 +74,8 @@ class Worker:
         self._subscription: QueueSubscription | None = None
         self._stripe_subscription: QueueSubscription | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
@@ -152,6 +157,9 @@ class Worker:
             await consumer.start()
         await self._components.quota_check.start()
         self._housekeeping = asyncio.create_task(self._expire_credits_forever(), name="credits")
+        self._closer = asyncio.create_task(self._close_periods_forever(), name="period-closer")
+        if s.stripe_api_key is not None:
+            self._syncer = asyncio.create_task(self._sync_invoices_forever(), name="stripe-sync")
         await self._check_dependencies()
         self._probe = asyncio.create_task(self._probe_forever(), name="dependency-probe")
         log.info(
@@ -180,10 +188,11 @@ class Worker:
             await self._components.quota_check.stop(grace)
             await self._components.relay.stop()
             await self._publish_last_events(self._components)
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        for task in (self._housekeeping, self._closer, self._syncer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -208,7 +217,14 @@ class Worker:
             log.warning("stripe_consumer_off", reason=note)
         else:
             note = f"on: verifying with a {s.stripe_signature_tolerance_seconds}s tolerance"
-        self.readiness.notes = {**self.readiness.notes, "stripe": note}
+        sync = (
+            "on: closed invoices of Stripe-linked accounts are pushed to Stripe"
+            if s.stripe_api_key is not None
+            else "off: BILLING_STRIPE_API_KEY is not set, invoices stay in this database only"
+        )
+        if s.stripe_api_key is None:
+            log.warning("stripe_invoice_sync_off", reason=sync)
+        self.readiness.notes = {**self.readiness.notes, "stripe": note, "stripe_sync": sync}
 
     async def _within_startup_timeout(
         self, what: str, func: Callable[[str], object], arg: str
@@ -295,6 +311,49 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - retried at the next sweep
                 log.warning("credit_expiry_failed", error=repr(exc))
             await asyncio.sleep(CREDIT_EXPIRY_INTERVAL_SECONDS)
+
+    async def _close_periods_forever(self) -> None:
+        """Close due periods every BILLING_CLOSE_INTERVAL_SECONDS (replicas may all do it:
+        each period is claimed in the database and closed once)."""
+        grace = timedelta(seconds=self.settings.close_grace_seconds)
+        while True:
+            try:
+                closed = await close_due_periods(
+                    lambda: PostgresUnitOfWork(
+                        self._engine_or_fail(), on_outbox_written=self._wake
+                    ),
+                    self.book,
+                    as_of=datetime.now(UTC),
+                    grace=grace,
+                )
+                if closed:
+                    log.info("periods_closed", invoices=len(closed))
+            except Exception as exc:  # noqa: BLE001 - retried at the next round
+                log.warning("period_close_failed", error=repr(exc))
+            await asyncio.sleep(self.settings.close_interval_seconds)
+
+    async def _sync_invoices_forever(self) -> None:
+        """Push closed invoices of Stripe-linked accounts to Stripe (BILLING_STRIPE_API_KEY)."""
+        from billing_worker.adapters.stripe_api import StripeInvoiceSync  # noqa: PLC0415
+
+        key = self.settings.stripe_api_key
+        if key is None:  # pragma: no cover - only started with a key
+            return
+        pusher = StripeInvoiceSync(key.get_secret_value(), api_base=self.settings.stripe_api_base)
+        while True:
+            try:
+                done = await sync_invoices(
+                    lambda: PostgresUnitOfWork(self._engine_or_fail()), pusher
+                )
+                if done.pushed or done.failed:
+                    log.info("stripe_invoices_synced", pushed=done.pushed, failed=done.failed)
+            except Exception as exc:  # noqa: BLE001 - retried at the next round
+                log.warning("stripe_sync_round_failed", error=repr(exc))
+            await asyncio.sleep(STRIPE_SYNC_INTERVAL_SECONDS)
+
+    def _wake(self) -> None:
+        if self._components is not None:
+            self._components.relay.wake()
 
     def _engine_or_fail(self) -> AsyncEngine:
         if self._engine is None:

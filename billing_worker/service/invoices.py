@@ -200,34 +200,42 @@ async def move_invoice(
     cause: str,
     now: datetime,
 ) -> tuple[str, str]:
-    """Move an invoice to ``status`` (a ledger entry); returns (from, to). Moving to the
-    status it has is a no-op; impossible moves are refused."""
+    """``apply_invoice_status`` in a transaction of its own."""
     async with uow_factory() as uow:
-        invoice = await uow.invoices.get(invoice_id, lock=True)
-        if invoice is None:
-            raise InvoiceNotFound(f"no invoice {invoice_id!r}")
-        if invoice.status == status:
-            return status, status
-        if status not in TRANSITIONS[invoice.status]:
-            raise InvalidTransition(
-                f"invoice {invoice_id} is {invoice.status}; it can't become {status}"
-            )
-        await uow.invoices.set_status(invoice_id, status)
-        await uow.accounts.append_entry(
-            invoice.account,
-            "invoice_status",
-            {"invoice_id": invoice_id, "from": invoice.status, "to": status, "cause": cause},
-            book.version,
-            now,
+        moved = await apply_invoice_status(
+            uow, book, invoice_id=invoice_id, status=status, cause=cause, now=now
         )
         await uow.commit()
+    return moved
+
+
+async def apply_invoice_status(
+    uow: UnitOfWork,
+    book: PriceBook,
+    *,
+    invoice_id: str,
+    status: str,
+    cause: str,
+    now: datetime,
+) -> tuple[str, str]:
+    """Move an invoice to ``status`` with a ledger entry; returns (from, to). Moving to
+    the status it has is a no-op; impossible moves are refused (a void invoice stays void
+    and visible)."""
+    invoice = await uow.invoices.get(invoice_id, lock=True)
+    if invoice is None:
+        raise InvoiceNotFound(f"no invoice {invoice_id!r}")
+    if invoice.status == status:
+        return status, status
+    if status not in TRANSITIONS[invoice.status]:
+        raise InvalidTransition(
+            f"invoice {invoice_id} is {invoice.status}; it can't become {status}"
+        )
+    await uow.invoices.set_status(invoice_id, status)
+    await uow.accounts.append_entry(
+        invoice.account,
+        "invoice_status",
+        {"invoice_id": invoice_id, "from": invoice.status, "to": status, "cause": cause},
+        book.version,
+        now,
+    )
     return invoice.status, status
-
-
-__all__ = [
-    "Closed",
-    "close_due_periods",
-    "close_period",
-    "invoice_id_for",
-    "move_invoice",
-]

@@ -55,6 +55,10 @@ class UsageStore(Protocol):
         """Insert idempotency records; return the keys this call inserted (not seen before)."""
         ...
 
+    async def release_keys(self, keys: Sequence[IdempotencyKey]) -> None:
+        """Drop idempotency records this transaction claimed (their events are refused)."""
+        ...
+
     async def stored_fingerprints(
         self, keys: Sequence[IdempotencyKey]
     ) -> dict[IdempotencyKey, bytes]:
@@ -224,6 +228,12 @@ class InvoiceStore(Protocol):
         """(account, period start) of months up to ``last_start`` not invoiced yet."""
         ...
 
+    async def closed_periods(
+        self, pairs: Sequence[tuple[str, datetime]]
+    ) -> set[tuple[str, datetime]]:
+        """Those (account, period start) pairs already invoiced."""
+        ...
+
     async def invoice_for(self, account: str, period: BillingPeriod) -> str | None:
         """The id of the account's invoice for ``period``."""
         ...
@@ -260,6 +270,22 @@ class InvoiceStore(Protocol):
 
     async def set_status(self, invoice_id: str, status: str) -> None:
         """Move the invoice to ``status``."""
+        ...
+
+    async def to_sync(self, limit: int) -> list[tuple[str, str, str, BillingPeriod]]:
+        """(invoice, Stripe customer, currency, period) of invoices to push, locked."""
+        ...
+
+    async def sync_lines(self, invoice_id: str) -> list[tuple[int, str, Decimal]]:
+        """(line no, description, amount) of an invoice."""
+        ...
+
+    async def record_sync(self, invoice_id: str, stripe_invoice_id: str) -> None:
+        """The invoice is in Stripe."""
+        ...
+
+    async def record_sync_failure(self, invoice_id: str, error: str, *, permanent: bool) -> None:
+        """Count a failed push; keep a permanent one's error."""
         ...
 
 

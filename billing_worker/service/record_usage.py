@@ -6,9 +6,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from billing_worker.domain.credits import burn_credits, credit_charges
+from billing_worker.domain.periods import calendar_month_of
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.quotas import crossed_thresholds
 from billing_worker.domain.usage import (
+    IdempotencyKey,
     LedgerEntry,
     UsageOutcome,
     UsageRecord,
@@ -48,13 +50,46 @@ async def record_usage_batch(
         unclaimed = [r.key for r in firsts if r.key not in claimed]
         stored = await uow.usage.stored_fingerprints(unclaimed) if unclaimed else {}
         new = [r for r in firsts if r.key in claimed]
+        late = await _late_to_reject(uow, book, new, clock())
+        if late:
+            # Unclaimed again in this transaction: a redelivery is judged the same way.
+            await uow.usage.release_keys(sorted(late))
+            claimed -= late
+            new = [r for r in new if r.key not in late]
         if new:
             await uow.usage.ensure_accounts(sorted({r.account for r in new}), book.default_plan)
             entries = ledger_entries_for(new, book)
             if entries:
                 await _apply(uow, book, entries, clock())
         await uow.commit()
-    return classify(records, claimed=claimed, stored_fingerprints=stored)
+    if not late:
+        return classify(records, claimed=claimed, stored_fingerprints=stored)
+    kept = [r for r in records if r.key not in late]
+    outcomes = iter(classify(kept, claimed=claimed, stored_fingerprints=stored))
+    return [UsageOutcome.LATE if r.key in late else next(outcomes) for r in records]
+
+
+async def _late_to_reject(
+    uow: UnitOfWork, book: PriceBook, records: Sequence[UsageRecord], now: datetime
+) -> set[IdempotencyKey]:
+    """Keys of events for an invoiced period that feed a meter whose late-event policy is
+    ``reject``. Only events of periods already over are looked up (none on the hot path)."""
+    candidates = [
+        r
+        for r in records
+        if calendar_month_of(r.occurred_at).end <= now
+        and any(
+            feed.meter.late_events == "reject"
+            for feed in (r.feeds or book.feeds(r.event_type, r.quantity, r.dimensions))
+        )
+    ]
+    if not candidates:
+        return set()
+    pairs = sorted({(r.account, calendar_month_of(r.occurred_at).start) for r in candidates})
+    closed = await uow.invoices.closed_periods(pairs)
+    return {
+        r.key for r in candidates if (r.account, calendar_month_of(r.occurred_at).start) in closed
+    }
 
 
 async def _apply(

@@ -31,6 +31,11 @@ from billing_worker.domain.stripe import (
 )
 from billing_worker.service.accounts import add_grant, apply_plan_change
 from billing_worker.service.events import invoice_payment
+from billing_worker.service.invoices import (
+    InvalidTransition,
+    InvoiceNotFound,
+    apply_invoice_status,
+)
 from billing_worker.service.ports import UnitOfWork, UnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
@@ -271,6 +276,9 @@ async def _invoice(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: da
             book.version,
             now,
         )
+    if ours is not None and kind in ("paid", "finalized"):
+        status = "paid" if kind == "paid" else "open"
+        await _follow_stripe(uow, book, ours, status=status, event=event, now=now)
     if kind in ("paid", "payment_failed"):
         await uow.outbox.add(
             [
@@ -332,6 +340,30 @@ async def _charge(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: dat
             at=event.created,
         )
     return account
+
+
+async def _follow_stripe(
+    uow: UnitOfWork,
+    book: PriceBook,
+    invoice_id: str,
+    *,
+    status: str,
+    event: StripeEvent,
+    now: datetime,
+) -> None:
+    """Move our invoice the way Stripe says; a move it can't make (a void invoice Stripe
+    says is paid) is logged for an operator, not applied and not dead-lettered."""
+    try:
+        await apply_invoice_status(
+            uow,
+            book,
+            invoice_id=invoice_id,
+            status=status,
+            cause=f"stripe {event.event_id}",
+            now=now,
+        )
+    except (InvoiceNotFound, InvalidTransition) as exc:
+        log.warning("stripe_invoice_status_not_applied", invoice=invoice_id, reason=exc.detail)
 
 
 def _positive_int(raw: str, event: StripeEvent) -> int:

@@ -219,3 +219,81 @@ async def test_status_moves_are_ledger_entries(
     ).fetchall()
     assert moves == [("open", "uncollectible"), ("uncollectible", "void")]
     assert sql.execute("SELECT status FROM invoices").fetchone() == ("void",)
+
+
+async def test_stripe_invoice_paid_moves_our_invoice(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """invoice.paid for a Stripe invoice synced from ours (metadata.billing_invoice_id)
+    marks ours paid, with a ledger entry naming the Stripe event."""
+    from billing_worker.domain.stripe import parse_stripe_event  # noqa: PLC0415
+    from billing_worker.service.stripe_events import apply_stripe_event  # noqa: PLC0415
+    from tests import stripe_payloads as sp  # noqa: PLC0415
+
+    await record(engine, [event("generator.image_generated", 5)])
+    await close(engine)
+    stripe_invoice = sp.invoice(
+        "in_1",
+        customer="cus_1",
+        status="paid",
+        amount_due=50,
+        amount_paid=50,
+        billing_invoice_id="inv-202610-acct_1",
+    )
+    stripe_invoice["metadata"]["account_id"] = "acct_1"
+    paid = parse_stripe_event(sp.event("invoice.paid", stripe_invoice, created=1_800_000_000))
+    await apply_stripe_event(lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, paid, now=NOV_2)
+    assert sql.execute("SELECT status FROM invoices").fetchone() == ("paid",)
+    cause = sql.execute(
+        "SELECT details->>'cause' FROM account_ledger WHERE kind = 'invoice_status'"
+    ).fetchone()
+    assert cause == (f"stripe {paid.event_id}",)
+
+
+async def test_late_events_follow_the_meter_policy(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """After October is invoiced: an October image (policy reject) is refused as LATE and
+    not recorded, and its redelivery is refused again; an October website (next_invoice)
+    is recorded; November events are unaffected."""
+    from billing_worker.adapters.pricebook_file import (  # noqa: PLC0415
+        default_pricebook_text,
+        parse_pricebook,
+    )
+    from billing_worker.domain.usage import UsageOutcome  # noqa: PLC0415
+    from tests.pricebooks import register  # noqa: PLC0415
+
+    text = (
+        default_pricebook_text()
+        .replace('version = "2026-11-launch"', 'version = "late-reject-1"')
+        .replace(
+            '[meters.images_generated]\nevent_types = ["generator.image_generated"]',
+            '[meters.images_generated]\nevent_types = ["generator.image_generated"]\n'
+            'late_events = "reject"',
+        )
+    )
+    book = parse_pricebook(text, "late.toml")
+    assert book.meters["images_generated"].late_events == "reject"
+    register(sql, book)
+    uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
+    await record_usage_batch(
+        uow, book, [event("generator.image_generated", 1)], clock=lambda: OCT_10
+    )
+    await close_due_periods(uow, book, as_of=NOV_2, grace=GRACE)
+    late_image = event("generator.image_generated", 4)
+    late_site = event("generator.website_generated", 2)
+    november = event("generator.image_generated", 1, at=NOV_2)
+    outcomes = await record_usage_batch(
+        uow, book, [late_image, late_site, november], clock=lambda: NOV_2
+    )
+    assert outcomes == [UsageOutcome.LATE, UsageOutcome.RECORDED, UsageOutcome.RECORDED]
+    again = await record_usage_batch(uow, book, [late_image], clock=lambda: NOV_2)
+    assert again == [UsageOutcome.LATE]
+    recorded = sql.execute(
+        "SELECT meter, period_start, sum(quantity) FROM usage_ledger GROUP BY 1, 2 ORDER BY 2, 1"
+    ).fetchall()
+    assert recorded == [
+        ("images_generated", datetime(2026, 10, 1, tzinfo=UTC), Decimal(1)),
+        ("websites_generated", datetime(2026, 10, 1, tzinfo=UTC), Decimal(2)),
+        ("images_generated", datetime(2026, 11, 1, tzinfo=UTC), Decimal(1)),
+    ]

@@ -118,3 +118,54 @@ async def test_one_version_cannot_mean_two_price_books(database_url: str) -> Non
             await register_pricebook(engine, edited)
     finally:
         await engine.dispose()
+
+
+@pytest.mark.usefixtures("env")
+def test_close_show_explain_void_and_report(
+    capsys: pytest.CaptureFixture[str], database_url: str, sql: psycopg.Connection
+) -> None:
+    """close-periods --as-of closes October; invoice show prints the table, --explain the
+    ledger entries behind each line, --json the same data; void moves it; report sums
+    the month."""
+    import asyncio  # noqa: PLC0415
+    from datetime import UTC, datetime  # noqa: PLC0415
+    from decimal import Decimal  # noqa: PLC0415
+
+    from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork  # noqa: PLC0415
+    from billing_worker.domain.usage import UsageRecord  # noqa: PLC0415
+    from billing_worker.service.record_usage import record_usage_batch  # noqa: PLC0415
+
+    async def seed() -> None:
+        engine = create_engine_for(database_url, pool_size=1)
+        at = datetime(2026, 10, 3, tzinfo=UTC)
+        records = [
+            UsageRecord("web", f"w{i}", "generator.website_generated", "acct_9", at, Decimal(1))
+            for i in range(3)
+        ]
+        await record_usage_batch(lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, records)
+        await engine.dispose()
+
+    asyncio.run(seed())
+    assert cli.main(["close-periods", "--as-of", "2026-11-02T00:00:00Z"]) == 0
+    assert "inv-202610-acct_9" in capsys.readouterr().out
+    assert cli.main(["invoice", "show", "inv-202610-acct_9"]) == 0
+    shown = capsys.readouterr().out
+    assert "TOTAL (usd)" in shown
+    assert "1.50" in shown
+    assert cli.main(["invoice", "show", "inv-202610-acct_9", "--explain"]) == 0
+    explained = capsys.readouterr().out
+    assert explained.count("web/w") == 3
+    assert "rounded once to 1.50" in explained
+    assert cli.main(["invoice", "show", "inv-202610-acct_9", "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert (as_json["total"], as_json["status"]) == ("1.50", "open")
+    assert cli.main(["report", "--period", "2026-10", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["by_plan"] == [
+        {"plan": "FREE", "currency": "usd", "invoices": 1, "revenue": "1.50"}
+    ]
+    assert report["active_accounts"] == 1
+    assert cli.main(["invoice", "void", "inv-202610-acct_9"]) == 0
+    assert "open -> void" in capsys.readouterr().out
+    assert cli.main(["invoice", "show", "nope"]) == 1
+    assert sql.execute("SELECT status FROM invoices").fetchone() == ("void",)

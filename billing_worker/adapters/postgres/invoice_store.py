@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -31,6 +31,13 @@ DUE_PERIODS = text("""
                       WHERE i.account_id = a.account_id AND i.period_start = m.start)
     ORDER BY m.start, a.account_id
     LIMIT :limit
+""")
+
+CLOSED_PERIODS = text("""
+    SELECT i.account_id, i.period_start
+    FROM invoices AS i
+    JOIN json_to_recordset(CAST(:rows AS json)) AS p(a text, ps timestamptz)
+      ON i.account_id = p.a AND i.period_start = p.ps
 """)
 
 INVOICE_FOR = text("""
@@ -152,6 +159,37 @@ LINE_ENTRIES = text("""
 """)
 
 
+TO_SYNC = text("""
+    SELECT i.invoice_id, c.customer_id, i.currency, i.period_start, i.period_end
+    FROM invoices AS i
+    JOIN LATERAL (SELECT customer_id FROM stripe_customers AS sc
+                  WHERE sc.account_id = i.account_id
+                  ORDER BY linked_at DESC LIMIT 1) AS c ON true
+    WHERE i.stripe_invoice_id IS NULL AND i.stripe_sync_error IS NULL
+      AND i.status IN ('draft', 'open')
+    ORDER BY i.closed_at, i.invoice_id
+    LIMIT :limit
+    FOR UPDATE OF i SKIP LOCKED
+""")
+
+SYNC_LINES = text("""
+    SELECT line_no, description, amount FROM invoice_lines
+    WHERE invoice_id = :id ORDER BY line_no
+""")
+
+SYNCED = text("""
+    UPDATE invoices SET stripe_invoice_id = :stripe_id, stripe_synced_at = now(),
+           stripe_sync_attempts = stripe_sync_attempts + 1
+    WHERE invoice_id = :id
+""")
+
+SYNC_FAILED = text("""
+    UPDATE invoices SET stripe_sync_attempts = stripe_sync_attempts + 1,
+           stripe_sync_error = CASE WHEN :permanent THEN :error ELSE NULL END
+    WHERE invoice_id = :id
+""")
+
+
 def _json(rows: object) -> str:
     return orjson.dumps(rows, default=str).decode()
 
@@ -170,6 +208,14 @@ class PostgresInvoices:
             DUE_PERIODS, {"last_start": last_start, "account": account, "limit": limit}
         )
         return [(str(a), start) for a, start in result]
+
+    async def closed_periods(
+        self, pairs: Sequence[tuple[str, datetime]]
+    ) -> set[tuple[str, datetime]]:
+        """Those (account, period start) pairs already invoiced."""
+        rows = [{"a": a, "ps": start.isoformat()} for a, start in pairs]
+        result = await self._conn.execute(CLOSED_PERIODS, {"rows": _json(rows)})
+        return {(str(a), start) for a, start in result}
 
     async def invoice_for(self, account: str, period: BillingPeriod) -> str | None:
         """The id of the account's invoice for ``period``, if it was closed."""
@@ -282,6 +328,27 @@ class PostgresInvoices:
             credit_total, total, version, last_entry_id, closed_at, stripe_id, stripe_error,
             attempts,
         )  # fmt: skip
+
+    async def to_sync(self, limit: int) -> list[tuple[str, str, str, BillingPeriod]]:
+        """(invoice id, Stripe customer, currency, period) of open invoices of linked
+        accounts not pushed to Stripe yet, locked so replicas share the work."""
+        result = await self._conn.execute(TO_SYNC, {"limit": limit})
+        return [(i, c, cur, BillingPeriod(s, e)) for i, c, cur, s, e in result]
+
+    async def sync_lines(self, invoice_id: str) -> list[tuple[int, str, Decimal]]:
+        """(line no, description, amount) of an invoice."""
+        result = await self._conn.execute(SYNC_LINES, {"id": invoice_id})
+        return [(int(n), str(d), a) for n, d, a in result]
+
+    async def record_sync(self, invoice_id: str, stripe_invoice_id: str) -> None:
+        """The invoice is in Stripe under ``stripe_invoice_id``."""
+        await self._conn.execute(SYNCED, {"id": invoice_id, "stripe_id": stripe_invoice_id})
+
+    async def record_sync_failure(self, invoice_id: str, error: str, *, permanent: bool) -> None:
+        """Count a failed push; a permanent one keeps its error (visible, not retried)."""
+        await self._conn.execute(
+            SYNC_FAILED, {"id": invoice_id, "error": error, "permanent": permanent}
+        )
 
     async def set_status(self, invoice_id: str, status: str) -> None:
         """Move the invoice to ``status`` (the caller writes the ledger entry)."""

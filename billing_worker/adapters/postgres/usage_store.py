@@ -47,6 +47,12 @@ STORED_FINGERPRINTS = text("""
       ON k.source = w.s AND k.event_id = w.i
 """)
 
+RELEASE_KEYS = text("""
+    DELETE FROM idempotency_keys AS k
+    USING json_to_recordset(CAST(:rows AS json)) AS w(s text, i text)
+    WHERE k.source = w.s AND k.event_id = w.i
+""")
+
 ENSURE_ACCOUNTS = text("""
     INSERT INTO accounts (account_id, plan)
     SELECT a.value, :plan FROM json_array_elements_text(CAST(:rows AS json)) AS a
@@ -160,6 +166,11 @@ class PostgresUsageStore:
         rows = [{"s": r.source, "i": r.event_id, "f": r.fingerprint.hex()} for r in records]
         result = await self._conn.execute(CLAIM_KEYS, {"rows": _json(rows)})
         return {(source, event_id) for source, event_id in result}
+
+    async def release_keys(self, keys: Sequence[IdempotencyKey]) -> None:
+        """Drop idempotency records this transaction claimed."""
+        rows = [{"s": source, "i": event_id} for source, event_id in keys]
+        await self._conn.execute(RELEASE_KEYS, {"rows": _json(rows)})
 
     async def stored_fingerprints(
         self, keys: Sequence[IdempotencyKey]

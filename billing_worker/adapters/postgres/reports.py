@@ -1,0 +1,58 @@
+"""Read-only queries behind ``billing-worker report`` and ``invoice show``."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billing_worker.domain.periods import BillingPeriod
+
+BY_PLAN = text("""
+    SELECT plan, currency, count(*), sum(total) FROM invoices
+    WHERE period_start = :start AND status <> 'void' GROUP BY 1, 2 ORDER BY 1, 2
+""")
+BY_STATUS = text("""
+    SELECT status, currency, count(*), sum(total) FROM invoices
+    WHERE period_start = :start GROUP BY 1, 2 ORDER BY 1, 2
+""")
+BY_METER = text("""
+    SELECT coalesce(l.meter, '(plan fees)'), i.currency, sum(l.amount)
+    FROM invoice_lines AS l JOIN invoices AS i USING (invoice_id)
+    WHERE i.period_start = :start AND i.status <> 'void' AND l.kind IN ('plan_fee', 'usage')
+    GROUP BY 1, 2 ORDER BY 1, 2
+""")
+ACTIVE = text("""
+    SELECT count(DISTINCT account_id) FROM usage_aggregates WHERE period_start = :start
+""")
+
+
+def _rows(result: Any) -> list[list[Any]]:
+    return [list(row) for row in result]
+
+
+async def period_report(conn: AsyncConnection, period: BillingPeriod) -> dict[str, Any]:
+    """Revenue by plan, meter and status, invoice counts, active accounts."""
+    params = {"start": period.start}
+    by_plan = _rows(await conn.execute(BY_PLAN, params))
+    by_status = _rows(await conn.execute(BY_STATUS, params))
+    by_meter = _rows(await conn.execute(BY_METER, params))
+    active = (await conn.execute(ACTIVE, params)).scalar_one()
+    return {
+        "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
+        "by_plan": [
+            {"plan": p, "currency": c, "invoices": n, "revenue": str(Decimal(t))}
+            for p, c, n, t in by_plan
+        ],
+        "by_meter": [
+            {"meter": m, "currency": c, "revenue": str(Decimal(t))} for m, c, t in by_meter
+        ],
+        "by_status": [
+            {"status": s, "currency": c, "invoices": n, "amount": str(Decimal(t))}
+            for s, c, n, t in by_status
+        ],
+        "invoices": sum(n for _s, _c, n, _t in by_status),
+        "active_accounts": int(active),
+    }

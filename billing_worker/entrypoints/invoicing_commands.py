@@ -1,0 +1,247 @@
+"""Operator commands for periods and invoices: ``close-periods``, ``invoice show``
+(``--explain``), ``invoice void``, ``invoice mark-uncollectible``, ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from billing_worker.adapters.postgres.invoice_store import PostgresInvoices
+from billing_worker.adapters.postgres.reports import period_report
+from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.config import Settings
+from billing_worker.domain.periods import calendar_month_of
+from billing_worker.domain.pricebook import PriceBook
+from billing_worker.entrypoints.operator import table
+from billing_worker.service.invoices import InvoiceNotFound, close_due_periods, move_invoice
+
+EXPLAIN_ENTRIES = 20
+
+
+def add_invoicing_commands(commands: Any) -> None:
+    """Register the sub-commands."""
+    close = commands.add_parser(
+        "close-periods", help="close every due billing period into an invoice, now"
+    )
+    close.add_argument("--account", help="only this account")
+    close.add_argument("--as-of", type=_time, help="pretend it is this time (ISO 8601)")
+    close.add_argument("--json", action="store_true", help="machine-readable output")
+
+    invoice = commands.add_parser("invoice", help="look at an invoice or change its status")
+    actions = invoice.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="the invoice as a table")
+    show.add_argument("invoice_id")
+    show.add_argument(
+        "--explain", action="store_true", help="list the ledger entries behind each line"
+    )
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    for action, status in (("void", "void"), ("mark-uncollectible", "uncollectible")):
+        move = actions.add_parser(action, help=f"mark the invoice {status} (a ledger entry)")
+        move.add_argument("invoice_id")
+
+    report = commands.add_parser("report", help="revenue and invoices of one month")
+    report.add_argument("--period", required=True, type=_month, help="YYYY-MM")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _time(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a time zone (e.g. Z): {value!r}")
+    return moment.astimezone(UTC)
+
+
+def _month(value: str) -> datetime:
+    try:
+        return datetime.strptime(value, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a month like 2026-11: {value!r}") from None
+
+
+async def run_invoicing_command(
+    args: argparse.Namespace, settings: Settings, book: PriceBook, engine: AsyncEngine
+) -> int:
+    """Dispatch; return the exit status."""
+    out = sys.stdout
+    uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
+    now = datetime.now(UTC)
+    if args.command == "close-periods":
+        closed = await close_due_periods(
+            uow,
+            book,
+            as_of=args.as_of or now,
+            grace=timedelta(seconds=settings.close_grace_seconds),
+            account=args.account,
+        )
+        rows = [
+            [c.invoice_id, c.account, f"{c.period.start:%Y-%m}", c.total, c.currency]
+            for c in closed
+        ]
+        if args.json:
+            keys = ["invoice_id", "account", "period", "total", "currency"]
+            out.write(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=2) + "\n")
+        else:
+            out.write(f"closed {len(closed)} period(s)\n")
+            if rows:
+                table(out, ["invoice", "account", "period", "total", "currency"], rows)
+        return 0
+    if args.command == "report":
+        async with engine.connect() as conn:
+            report = await period_report(conn, calendar_month_of(args.period))
+        _print_report(report, as_json=args.json, out=out)
+        return 0
+    if args.action == "show":
+        return await _show(
+            engine, args.invoice_id, explain=args.explain, as_json=args.json, out=out
+        )
+    status = "void" if args.action == "void" else "uncollectible"
+    try:
+        before, after = await move_invoice(
+            uow, book, invoice_id=args.invoice_id, status=status, cause="operator", now=now
+        )
+    except InvoiceNotFound as exc:
+        sys.stderr.write(f"billing-worker: {exc.detail}\n")
+        return 1
+    out.write(f"{args.invoice_id}: {before} -> {after}\n")
+    return 0
+
+
+async def _show(
+    engine: AsyncEngine, invoice_id: str, *, explain: bool, as_json: bool, out: TextIO
+) -> int:
+    async with engine.connect() as conn:
+        store = PostgresInvoices(conn)
+        invoice = await store.get(invoice_id)
+        if invoice is None:
+            sys.stderr.write(f"no invoice {invoice_id!r}\n")
+            return 1
+        lines = await store.lines(invoice_id)
+        for line in lines:
+            line["ledger_entries"] = []
+            if explain and line["meter"] and line["first_entry_id"] is not None:
+                period = invoice.period
+                if line["refers_to_start"] is not None:
+                    period = calendar_month_of(line["refers_to_start"])
+                line["ledger_entries"] = await store.line_entries(
+                    invoice.account,
+                    period,
+                    line["meter"],
+                    first=line["first_entry_id"],
+                    last=line["last_entry_id"],
+                    limit=EXPLAIN_ENTRIES,
+                )
+    if as_json:
+        out.write(
+            json.dumps(
+                {
+                    "invoice_id": invoice.invoice_id,
+                    "account": invoice.account,
+                    "period": {
+                        "start": invoice.period.start.isoformat(),
+                        "end": invoice.period.end.isoformat(),
+                    },
+                    "status": invoice.status,
+                    "plan": invoice.plan,
+                    "currency": invoice.currency,
+                    "subtotal": str(invoice.subtotal),
+                    "credits_applied": str(invoice.credits_applied),
+                    "total": str(invoice.total),
+                    "pricebook_version": invoice.pricebook_version,
+                    "stripe_invoice_id": invoice.stripe_invoice_id,
+                    "stripe_sync_error": invoice.stripe_sync_error,
+                    "lines": lines,
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
+        return 0
+    out.write(
+        f"invoice {invoice.invoice_id} — account {invoice.account}, "
+        f"{invoice.period.start:%Y-%m-%d} .. {invoice.period.end:%Y-%m-%d}, "
+        f"plan {invoice.plan}, {invoice.status}, price book {invoice.pricebook_version}\n"
+    )
+    if invoice.stripe_invoice_id or invoice.stripe_sync_error:
+        out.write(
+            f"stripe: {invoice.stripe_invoice_id or '-'}"
+            + (f" (sync error: {invoice.stripe_sync_error})" if invoice.stripe_sync_error else "")
+            + "\n"
+        )
+    out.write("\n")
+    rows = [
+        [x["line_no"], x["kind"], x["description"], x["price"] or "", x["amount"]] for x in lines
+    ]
+    rows.append(["", "", "subtotal", "", invoice.subtotal])
+    rows.append(["", "", f"credits applied: {invoice.credits_applied}", "", ""])
+    rows.append(["", "", f"TOTAL ({invoice.currency})", "", invoice.total])
+    table(out, ["#", "kind", "description", "price", "amount"], rows)
+    if explain:
+        for line in lines:
+            out.write(f"\nline {line['line_no']} ({line['kind']}): {line['description']}\n")
+            out.write(
+                f"  quantity {line['quantity']}, included {line['included']}, free "
+                f"{line['free_quantity']}, billable {line['billable']}; exact amount "
+                f"{line['unrounded']}, rounded once to {line['amount']}\n"
+            )
+            for tier in line["tiers"]:
+                out.write(
+                    f"  tier {tier['tier']}: {tier['units']} units ({tier['from']}..{tier['to']}) "
+                    f"at {tier['unit_price']} + {tier['flat_fee']} = {tier['amount']}\n"
+                )
+            if line["entries"]:
+                out.write(
+                    f"  {line['entries']} ledger entries, ids {line['first_entry_id']}.."
+                    f"{line['last_entry_id']}"
+                    + (
+                        f" (first {EXPLAIN_ENTRIES}):\n"
+                        if line["entries"] > EXPLAIN_ENTRIES
+                        else ":\n"
+                    )
+                )
+                for entry in line["ledger_entries"]:
+                    out.write(
+                        f"    #{entry['entry_id']} {entry['event_source']}/{entry['event_id']} "
+                        f"{entry['event_type']} {entry['quantity']} at "
+                        f"{entry['occurred_at']:%Y-%m-%d %H:%M:%S} "
+                        f"(price book {entry['pricebook_version']})\n"
+                    )
+    return 0
+
+
+def _print_report(report: dict[str, Any], *, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        out.write(json.dumps(report, indent=2) + "\n")
+        return
+    out.write(
+        f"report {report['period']['start'][:7]}: {report['invoices']} invoice(s), "
+        f"{report['active_accounts']} active account(s)\n\n"
+    )
+    table(
+        out,
+        ["plan", "currency", "invoices", "revenue"],
+        [[r["plan"], r["currency"], r["invoices"], r["revenue"]] for r in report["by_plan"]]
+        or [["(none)", "", "", ""]],
+    )
+    out.write("\n")
+    table(
+        out,
+        ["meter", "currency", "revenue"],
+        [[r["meter"], r["currency"], r["revenue"]] for r in report["by_meter"]]
+        or [["(none)", "", ""]],
+    )
+    out.write("\n")
+    table(
+        out,
+        ["status", "currency", "invoices", "amount"],
+        [[r["status"], r["currency"], r["invoices"], r["amount"]] for r in report["by_status"]]
+        or [["(none)", "", "", ""]],
+    )

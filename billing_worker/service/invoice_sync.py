@@ -1,0 +1,96 @@
+"""Push closed invoices of Stripe-linked accounts to Stripe, each once.
+
+Every call to Stripe carries an idempotency key derived from our invoice and line ids
+(see ``adapters/stripe_api.py``), so a crash between Stripe's answer and our commit, and
+the retry after it, never create a second Stripe invoice. Transient failures (network,
+429, 5xx) are retried on the next round; permanent ones (a deleted customer, a bad key)
+are recorded on the invoice, which stays open and shows the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import structlog
+
+from billing_worker.domain.rating import minor_unit_places
+from billing_worker.service.ports import UnitOfWorkFactory
+
+log = structlog.get_logger(__name__)
+
+
+class Pusher(Protocol):
+    """What pushes one invoice to Stripe (``StripeInvoiceSync``)."""
+
+    async def push(self, invoice: Any) -> str:
+        """Create, fill and finalize the Stripe invoice; return its id."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRound:
+    """What one round did."""
+
+    pushed: int = 0
+    retry_later: int = 0
+    failed: int = 0
+
+
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    """A rounded amount in the currency's minor unit, exactly."""
+    scaled = amount.scaleb(minor_unit_places(currency))
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{amount} {currency} is not rounded to the minor unit")
+    return int(scaled)
+
+
+async def sync_invoices(
+    uow_factory: UnitOfWorkFactory, sync: Pusher, *, limit: int = 20
+) -> SyncRound:
+    """Push up to ``limit`` unsynced invoices; one transaction per invoice."""
+    from billing_worker.adapters.stripe_api import (  # noqa: PLC0415 - only with a key
+        PermanentStripeError,
+        SyncInvoice,
+        SyncLine,
+        TransientStripeError,
+    )
+
+    pushed = retry = failed = 0
+    for _ in range(limit):
+        async with uow_factory() as uow:
+            batch = await uow.invoices.to_sync(1)
+            if not batch:
+                break
+            invoice_id, customer, currency, period = batch[0]
+            lines = await uow.invoices.sync_lines(invoice_id)
+            request = SyncInvoice(
+                invoice_id=invoice_id,
+                customer_id=customer,
+                currency=currency,
+                lines=tuple(
+                    SyncLine(line_no=n, description=d, amount_minor=to_minor_units(a, currency))
+                    for n, d, a in lines
+                ),
+                period_start=period.start,
+                period_end=period.end,
+            )
+            try:
+                stripe_id = await sync.push(request)
+            except TransientStripeError as exc:
+                log.warning("stripe_sync_retry_later", invoice=invoice_id, error=exc.detail)
+                await uow.invoices.record_sync_failure(invoice_id, exc.detail, permanent=False)
+                await uow.commit()
+                retry += 1
+                break  # Stripe is struggling: try again next round
+            except PermanentStripeError as exc:
+                log.error("stripe_sync_failed", invoice=invoice_id, error=exc.detail)  # noqa: TRY400
+                await uow.invoices.record_sync_failure(invoice_id, exc.detail, permanent=True)
+                await uow.commit()
+                failed += 1
+                continue
+            await uow.invoices.record_sync(invoice_id, stripe_id)
+            await uow.commit()
+            pushed += 1
+    return SyncRound(pushed, retry, failed)
