@@ -815,6 +815,8 @@ class LateUsage:
     entries: int
     first_entry_id: int
     last_entry_id: int
+    dimension_value: str | None = None
+    free_quantity: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,7 @@ async def close_period(
         usage = await uow.invoices.usage(account, period, dimensions)
         credits_used = await uow.invoices.credits_used(account, period)
         currency = book.plan(spans[-1].plan).currency
-        adjustments = await _adjustments(uow, book, account, period, currency)
+        adjustments = await _adjustments(uow, book, account, period, currency, dimensions)
         draft = build_invoice(
             book,
             account=account,
@@ -170,8 +170,13 @@ async def _plan_spans(
     return spans
 
 
-async def _adjustments(
-    uow: UnitOfWork, book: PriceBook, account: str, period: BillingPeriod, currency: str
+async def _adjustments(  # noqa: PLR0917 - one call site, all needed
+    uow: UnitOfWork,
+    book: PriceBook,
+    account: str,
+    period: BillingPeriod,
+    currency: str,
+    dimensions: dict[str, str],
 ) -> list[InvoiceLine]:
     return [
         adjustment_line(
@@ -186,8 +191,10 @@ async def _adjustments(
             entries=late.entries,
             first_entry_id=late.first_entry_id,
             last_entry_id=late.last_entry_id,
+            dimension_value=late.dimension_value,
+            free_quantity=late.free_quantity,
         )
-        for late in await uow.invoices.late_usage(account, period)
+        for late in await uow.invoices.late_usage(account, period, dimensions)
     ]
 
 

@@ -254,7 +254,9 @@ class InvoiceStore(Protocol):
         """Credits burned (and short) by usage in the period."""
         ...
 
-    async def late_usage(self, account: str, before: BillingPeriod) -> list[LateUsage]:
+    async def late_usage(
+        self, account: str, before: BillingPeriod, dimensions: Mapping[str, str]
+    ) -> list[LateUsage]:
         """Usage of invoiced periods before ``before`` recorded since their invoice."""
         ...
 

@@ -246,3 +246,56 @@ async def test_quota_check_answers_and_errors(
     assert registry.get_sample_value("billing_quota_checks_total", {"answer": "allowed"}) == 2
     assert registry.get_sample_value("billing_quota_checks_total", {"answer": "denied"}) == 1
     assert registry.get_sample_value("billing_quota_checks_total", {"answer": "error"}) == 4
+
+
+async def test_usage_closed_into_invoice_ready_on_the_bus(
+    start_worker: StartWorker,
+    bus: Bus,
+    events_queue: AbstractQueue,
+    database_url: str,
+) -> None:
+    """Usage of last month through the broker, the period closed, and invoice.ready arrives
+    on billing.events with the exact amounts (3 websites 1.50 + 2 images 0.20 on FREE)."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from billing_worker.service.invoices import close_due_periods  # noqa: PLC0415
+
+    await start_worker()
+    now = datetime.now(UTC)
+    last_month = (now.replace(day=1) - timedelta(days=1)).replace(hour=12, microsecond=0)
+    when = last_month.isoformat().replace("+00:00", "Z")
+    for i, (kind, qty) in enumerate(
+        [("generator.website_generated", 3), ("generator.image_generated", 2)]
+    ):
+        body = event(f"inv{i}", subject="acct_i", type=kind, time=when, data={"quantity": qty})
+        await bus.publish(encode(body))
+    engine = create_engine_for(database_url, pool_size=1)
+
+    async def recorded() -> bool:
+        async with engine.connect() as conn:
+            from sqlalchemy import text  # noqa: PLC0415
+
+            count = (await conn.execute(text("SELECT count(*) FROM usage_ledger"))).scalar_one()
+        return bool(count == 2)
+
+    await wait_until(recorded, what="the usage to be recorded")
+    closed = await close_due_periods(
+        lambda: PostgresUnitOfWork(engine),
+        DEFAULT_BOOK,
+        as_of=now,
+        grace=timedelta(0),
+        account="acct_i",
+    )
+    await engine.dispose()
+    assert [c.total for c in closed] == ["1.70"]
+    messages = await received(events_queue, 1)
+    ready = [b for b in bodies(messages) if b["type"] == "invoice.ready"]
+    assert len(ready) == 1
+    data = ready[0]["data"]
+    assert (data["total"], data["currency"], data["plan"]) == ("1.70", "usd", "FREE")
+    assert [(x["meter"], x["amount"]) for x in data["lines"]] == [
+        (None, "0.00"),
+        ("images_generated", "0.20"),
+        ("websites_generated", "1.50"),
+    ]
+    assert ready[0]["subject"] == "acct_i"

@@ -297,3 +297,38 @@ async def test_late_events_follow_the_meter_policy(
         ("websites_generated", datetime(2026, 10, 1, tzinfo=UTC), Decimal(2)),
         ("images_generated", datetime(2026, 11, 1, tzinfo=UTC), Decimal(1)),
     ]
+
+
+async def test_late_usage_of_a_per_model_meter_is_adjusted_per_model(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """gpt-4 inference tokens are priced per model: 1,000 invoiced in October (2.00), 500
+    more arrive late -> November carries +1.00 for gpt-4 only; the free model's late
+    tokens adjust by 0.00."""
+
+    def inference(tokens: int, model: str, at: datetime = OCT_10) -> UsageRecord:
+        return UsageRecord(
+            source="svc",
+            event_id=f"e{next(_ids)}",
+            event_type="ai.inference",
+            account="acct_1",
+            occurred_at=at,
+            quantity=Decimal(1),
+            dimensions={"tokens": tokens, "model": model},
+        )
+
+    await record(engine, [inference(1000, "gpt-4"), inference(50, "llama-3")])
+    first = await close(engine)
+    assert [c.total for c in first] == ["2.00"]
+    await record(engine, [inference(500, "gpt-4"), inference(10, "llama-3")], now=NOV_2)
+    second = await close(engine, as_of=datetime(2026, 12, 2, tzinfo=UTC))
+    assert [c.total for c in second] == ["1.00"]
+    adjustments = sql.execute(
+        "SELECT meter, dimension_value, quantity, amount FROM invoice_lines "
+        "WHERE kind = 'adjustment' ORDER BY line_no"
+    ).fetchall()
+    assert adjustments == [
+        ("inference_calls", None, Decimal(4), Decimal("0.00")),
+        ("inference_tokens", "gpt-4", Decimal(1500), Decimal("1.00")),
+        ("inference_tokens", "llama-3", Decimal(60), Decimal("0.00")),
+    ]

@@ -75,36 +75,58 @@ CREDITS_USED = text("""
       AND effective_at >= :start AND effective_at < :end
 """)
 
-# Per earlier invoiced period and meter: what was invoiced so far (the latest line's
-# quantity, the sum of amounts) and the usage-ledger entries recorded after that.
+# Per earlier invoiced period, meter (and dimension value, for meters priced per
+# dimension): what was invoiced so far (the latest line's quantity, the sum of amounts)
+# and the usage-ledger entries recorded after that.
 LATE_USAGE = text("""
-    WITH invoiced AS (
-        SELECT i.invoice_id, i.period_start, i.period_end, i.last_entry_id
+    WITH dims AS (
+        SELECT * FROM json_to_recordset(CAST(:dims AS json)) AS d(m text, dim text)
+    ), invoiced AS (
+        SELECT i.period_start, i.period_end, i.last_entry_id
         FROM invoices AS i WHERE i.account_id = :account AND i.period_start < :start
     ), billed AS (
-        SELECT coalesce(l.refers_to_start, inv.period_start) AS period_start, l.meter,
-               (array_agg(l.quantity ORDER BY inv.period_start DESC, l.line_no DESC))[1]
-                   AS quantity,
-               (array_agg(l.included ORDER BY inv.period_start, l.line_no))[1] AS included,
-               sum(l.amount) AS amount,
-               max(l.last_entry_id) AS adjusted_through
+        SELECT coalesce(l.refers_to_start, inv.period_start) AS ps, l.meter,
+               l.dimension_value AS dv,
+               (array_agg(l.quantity ORDER BY inv.period_start DESC, l.line_no DESC))[1] AS q,
+               (array_agg(l.included ORDER BY inv.period_start, l.line_no))[1] AS inc,
+               (array_agg(l.free_quantity ORDER BY inv.period_start, l.line_no))[1] AS fq,
+               sum(l.amount) AS amt,
+               max(l.last_entry_id) AS thru
         FROM invoice_lines AS l JOIN invoices AS inv USING (invoice_id)
         WHERE inv.account_id = :account AND l.kind IN ('usage', 'adjustment')
-        GROUP BY 1, 2
+        GROUP BY 1, 2, 3
+    ), entries AS (
+        SELECT u.entry_id, u.period_start, u.meter, u.quantity,
+               CASE WHEN d.dim IS NULL THEN NULL
+                    ELSE coalesce(u.dimensions ->> d.dim, 'null') END AS dv
+        FROM usage_ledger AS u
+        JOIN invoiced AS i USING (period_start)
+        LEFT JOIN dims AS d ON d.m = u.meter
+        WHERE u.account_id = :account
+    ), late AS (
+        SELECT e.period_start, e.meter, e.dv, count(*) AS n, min(e.entry_id) AS f,
+               max(e.entry_id) AS l
+        FROM entries AS e
+        JOIN invoiced AS i USING (period_start)
+        LEFT JOIN billed AS b
+          ON b.ps = e.period_start AND b.meter = e.meter AND b.dv IS NOT DISTINCT FROM e.dv
+        WHERE e.entry_id > coalesce(i.last_entry_id, 0) AND e.entry_id > coalesce(b.thru, 0)
+        GROUP BY 1, 2, 3
     )
-    SELECT i.period_start, i.period_end, u.meter, g.quantity,
-           coalesce(b.quantity, 0), coalesce(b.included, 0), coalesce(b.amount, 0),
-           count(*), min(u.entry_id), max(u.entry_id)
-    FROM invoiced AS i
-    JOIN usage_ledger AS u
-      ON u.account_id = :account AND u.period_start = i.period_start
-     AND u.entry_id > greatest(coalesce(i.last_entry_id, 0), 0)
-    LEFT JOIN billed AS b ON b.period_start = i.period_start AND b.meter = u.meter
+    SELECT i.period_start, i.period_end, late.meter, late.dv,
+           CASE WHEN late.dv IS NULL THEN g.quantity
+                ELSE (SELECT sum(e2.quantity) FROM entries AS e2
+                      WHERE e2.period_start = late.period_start AND e2.meter = late.meter
+                        AND e2.dv = late.dv) END,
+           coalesce(b.q, 0), coalesce(b.inc, 0), b.fq, coalesce(b.amt, 0),
+           late.n, late.f, late.l
+    FROM late
+    JOIN invoiced AS i USING (period_start)
     JOIN usage_aggregates AS g
-      ON g.account_id = :account AND g.period_start = i.period_start AND g.meter = u.meter
-    WHERE u.entry_id > coalesce(b.adjusted_through, 0)
-    GROUP BY i.period_start, i.period_end, u.meter, g.quantity, b.quantity, b.included, b.amount
-    ORDER BY i.period_start, u.meter
+      ON g.account_id = :account AND g.period_start = late.period_start AND g.meter = late.meter
+    LEFT JOIN billed AS b
+      ON b.ps = late.period_start AND b.meter = late.meter AND b.dv IS NOT DISTINCT FROM late.dv
+    ORDER BY 1, 3, 4
 """)
 
 INSERT_INVOICE = text("""
@@ -255,12 +277,18 @@ class PostgresInvoices:
         )
         return Decimal(row.scalar_one())
 
-    async def late_usage(self, account: str, before: BillingPeriod) -> list[LateUsage]:
-        """Usage of the account's invoiced periods before ``before`` recorded since."""
-        result = await self._conn.execute(LATE_USAGE, {"account": account, "start": before.start})
+    async def late_usage(
+        self, account: str, before: BillingPeriod, dimensions: Mapping[str, str]
+    ) -> list[LateUsage]:
+        """Usage of the account's invoiced periods before ``before`` recorded since, per
+        meter (and per dimension value for the meters in ``dimensions``)."""
+        dims = [{"m": meter, "dim": dim} for meter, dim in sorted(dimensions.items())]
+        result = await self._conn.execute(
+            LATE_USAGE, {"account": account, "start": before.start, "dims": _json(dims)}
+        )
         return [
-            LateUsage(BillingPeriod(ps, pe), m, q, iq, inc, ia, n, first, last)
-            for ps, pe, m, q, iq, inc, ia, n, first, last in result
+            LateUsage(BillingPeriod(ps, pe), m, q, iq, inc, ia, n, first, last, dv, fq)
+            for ps, pe, m, dv, q, iq, inc, fq, ia, n, first, last in result
         ]
 
     async def insert(
