@@ -202,51 +202,64 @@ def _print(report: dict[str, Any], as_json: bool, text: Any) -> None:
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if as_json else text(report))
 
 
+def _per_run(r: dict[str, Any], header: list[str], row_text: Any) -> str:
+    """``header`` lines, then one line per run and one for the medians."""
+    lines = list(header)
+    for i, row in enumerate([*r["runs"], r["median"]], start=1):
+        label = str(i) if i <= len(r["runs"]) else "med"
+        lines.append(f"{label:>4} {row_text(row)}")
+    return "\n".join(lines) + "\n"
+
+
+def _percentiles(row: dict[str, Any]) -> str:
+    return (
+        f"p50 {row['p50_ms']:.1f} ms  p95 {row['p95_ms']:.1f} ms  "
+        f"p99 {row['p99_ms']:.1f} ms  max {row['max_ms']:.1f} ms"
+    )
+
+
 def _throughput_text(r: dict[str, Any]) -> str:
-    lines = [
+    header = [
         f"throughput: {r['events']} deliveries ({r['distinct']} distinct) over "
         f"{r['accounts']} accounts; worker {r['worker_settings']}, prefetch {r['prefetch']}",
         "ceiling: no-op aio-pika consumer; raw: no-op consumer on aiormq (the worker's path)",
         f"{'run':>4} {'ceiling/s':>10} {'raw/s':>8} {'worker/s':>9} {'ratio':>6} "
         f"{'vs raw':>7} {'RSS MB':>7} {'batches':>8} {'mean batch':>10}",
     ]
-    for i, row in enumerate([*r["runs"], r["median"]], start=1):
-        label = str(i) if i <= len(r["runs"]) else "med"
-        lines.append(
-            f"{label:>4} {row['ceiling_events_per_second']:>10.0f} "
+    return _per_run(
+        r,
+        header,
+        lambda row: (
+            f"{row['ceiling_events_per_second']:>10.0f} "
             f"{row['raw_ceiling_events_per_second']:>8.0f} "
             f"{row['worker_events_per_second']:>9.0f} {row['ratio']:>6.2f} "
             f"{row['ratio_to_raw']:>7.2f} "
             f"{row['worker_peak_rss_mb']:>7.0f} {row['batches']:>8.0f} "
             f"{row['batch_size_mean']:>10.1f}"
-        )
-    return "\n".join(lines) + "\n"
+        ),
+    )
 
 
 def _latency_text(r: dict[str, Any]) -> str:
-    lines = [f"latency (publish to commit), worker {r['worker_settings']}"]
-    for i, row in enumerate([*r["runs"], r["median"]], start=1):
-        label = str(i) if i <= len(r["runs"]) else "med"
-        lines.append(
-            f"{label:>4} rate {row['rate']:.0f}/s  n={row['events']:.0f}  "
-            f"p50 {row['p50_ms']:.1f} ms  p95 {row['p95_ms']:.1f} ms  "
-            f"p99 {row['p99_ms']:.1f} ms  max {row['max_ms']:.1f} ms  "
+    return _per_run(
+        r,
+        [f"latency (publish to commit), worker {r['worker_settings']}"],
+        lambda row: (
+            f"rate {row['rate']:.0f}/s  n={row['events']:.0f}  {_percentiles(row)}  "
             f"RSS {row['peak_rss_mb']:.0f} MB"
-        )
-    return "\n".join(lines) + "\n"
+        ),
+    )
 
 
 def _quota_text(r: dict[str, Any]) -> str:
-    lines = [f"quota check (request to reply, direct reply-to), worker {r['worker_settings']}"]
-    for i, row in enumerate([*r["runs"], r["median"]], start=1):
-        label = str(i) if i <= len(r["runs"]) else "med"
-        lines.append(
-            f"{label:>4} {row['check_rate']:.0f} checks/s under {row['usage_rate']:.0f} "
-            f"usage events/s  n={row['checks']:.0f}  errors={row['errors']:.0f}  "
-            f"p50 {row['p50_ms']:.1f} ms  p95 {row['p95_ms']:.1f} ms  "
-            f"p99 {row['p99_ms']:.1f} ms  max {row['max_ms']:.1f} ms"
-        )
-    return "\n".join(lines) + "\n"
+    return _per_run(
+        r,
+        [f"quota check (request to reply, direct reply-to), worker {r['worker_settings']}"],
+        lambda row: (
+            f"{row['check_rate']:.0f} checks/s under {row['usage_rate']:.0f} usage events/s  "
+            f"n={row['checks']:.0f}  errors={row['errors']:.0f}  {_percentiles(row)}"
+        ),
+    )
 
 
 def _growth_text(r: dict[str, Any]) -> str:

@@ -74,6 +74,8 @@ async def _late_to_reject(
 ) -> set[IdempotencyKey]:
     """Keys of events for an invoiced period that feed a meter whose late-event policy is
     ``reject``. Only events of periods already over are looked up (none on the hot path)."""
+    if not any(meter.late_events == "reject" for meter in book.meters.values()):
+        return set()  # the usual case: nothing to look up, no work per event
     candidates = [
         r
         for r in records
