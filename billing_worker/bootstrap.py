@@ -24,6 +24,7 @@ from billing_worker.consumers.stripe import StripeCommand, StripeConsumer
 from billing_worker.consumers.usage import UsageConsumer, usage_rejected_notice
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.usage import UsageRecord
+from billing_worker.service.stripe_events import CYCLE_MARGIN
 
 STRIPE_BATCH_SIZE = 50
 """Stripe events come a few at a time, each applied in its own transaction."""
@@ -106,6 +107,7 @@ def build_components(
             events=metrics.stripe_events,
             # the relay's limit: what it accepted, the worker reads
             max_body_bytes=settings.stripe_relay_max_body_bytes,
+            cycle_margin=CYCLE_MARGIN + timedelta(seconds=settings.max_clock_skew_seconds),
         )
         stripe_consumer = BatchingConsumer(
             stripe_queue,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import stripe
@@ -25,7 +25,7 @@ from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.stripe import StripeEvent, parse_stripe_event
 from billing_worker.service.ports import UnitOfWorkFactory
-from billing_worker.service.stripe_events import StripeOutcome, apply_stripe_event
+from billing_worker.service.stripe_events import CYCLE_MARGIN, StripeOutcome, apply_stripe_event
 
 SIGNATURE_HEADER = "stripe-signature"
 RELAYED_AT_HEADER = "x-relayed-at"
@@ -51,8 +51,10 @@ class StripeConsumer:
         events: Counter,
         max_body_bytes: int = 1024 * 1024,
         clock: Callable[[], float] = time.time,
+        cycle_margin: timedelta = CYCLE_MARGIN,
     ) -> None:
         self._max_body_bytes = max_body_bytes
+        self._cycle_margin = cycle_margin
         self._uow_factory = uow_factory
         self._book = book
         self._secret = secret
@@ -110,7 +112,11 @@ class StripeConsumer:
             event = command.event
             try:
                 result = await apply_stripe_event(
-                    self._uow_factory, self._book, event, now=datetime.now(UTC)
+                    self._uow_factory,
+                    self._book,
+                    event,
+                    now=datetime.now(UTC),
+                    cycle_margin=self._cycle_margin,
                 )
             except PermanentError as exc:
                 self._events.labels(type=event.event_type, outcome=exc.reason).inc()

@@ -305,8 +305,16 @@ def build_invoice(
     usage: Sequence[MeterUsage],
     credits_used: Decimal = ZERO,
     adjustments: Sequence[InvoiceLine] = (),
+    cycle_period: BillingPeriod | None = None,
+    cycle_months: int = 1,
 ) -> InvoiceDraft:
     """The invoice of ``account`` for ``period``: plan fees, usage, credits, adjustments.
+
+    ``cycle_period`` is the whole billing cycle ``period`` is part of, ``cycle_months`` its
+    length in months (a calendar month by default: ``period`` itself, 1). Fees and
+    allowances are prorated against it: the stub period an account has when it moves onto
+    its subscription's cycle pays for the part of the cycle it covers. A monthly fee is
+    charged ``cycle_months`` times per cycle, a yearly one ``cycle_months``/12 of a year.
 
     Lines, in order: one ``plan_fee`` line per span (a $0 plan still has its 0.00 line:
     an invoice always names its plan); one ``usage`` line per meter with usage (meters
@@ -325,6 +333,12 @@ def build_invoice(
     """
     currency = book.currency
     _check_spans(spans, period)
+    basis = period if cycle_period is None else cycle_period
+    if basis.start > period.start or basis.end < period.end or cycle_months < 1:
+        raise ValueError(
+            f"the cycle {basis.start} .. {basis.end} ({cycle_months} months) does not "
+            f"contain the period {period.start} .. {period.end}"
+        )
     for span in spans:
         plan = book.plan(span.plan)
         if plan.currency != currency:
@@ -338,12 +352,12 @@ def build_invoice(
     for line in adjustments:
         _check_adjustment(line, period, currency)
 
-    lines = [_plan_fee_line(book, span, period, currency) for span in spans]
+    lines = [_plan_fee_line(book, span, basis, cycle_months, currency) for span in spans]
     for name in sorted(by_meter):
         meter_usage = by_meter[name]
         if meter_usage.entries == 0 and meter_usage.quantity == 0:
             continue
-        allowance = _allowance(book, name, spans, period)
+        allowance = _allowance(book, name, spans, basis)
         lines.extend(_usage_lines(book, meter_usage, allowance, currency))
     if credits_used > 0:
         lines.append(
@@ -410,21 +424,28 @@ def _check_adjustment(line: InvoiceLine, period: BillingPeriod, currency: str) -
 
 
 def _plan_fee_line(
-    book: PriceBook, span: PlanSpan, period: BillingPeriod, currency: str
+    book: PriceBook, span: PlanSpan, period: BillingPeriod, months: int, currency: str
 ) -> InvoiceLine:
+    """``period`` is the whole cycle (``months`` long) the span is prorated against."""
     plan = book.plan(span.plan)
     span_us, period_us = _micros(span.start, span.end), _micros(period.start, period.end)
     yearly = plan.interval is Interval.YEAR
     with localcontext(EXACT):
-        numerator = plan.price * span_us
+        numerator = plan.price * span_us * months
     exact = _quotient(numerator, period_us * (MONTHS_PER_YEAR if yearly else 1))
     dates = f"{_moment_text(span.start)} to {_moment_text(span.end)}"
     description = f"{span.plan} plan, {dates}"
     if span_us != period_us:
         description += f" ({_days_text(span_us)}/{_days_text(period_us)} days)"
-    if yearly:
-        description += f", 1/{MONTHS_PER_YEAR} of the yearly fee"
-        price = f"{_money_text(plan.price, currency)} per year, billed monthly"
+    if yearly and months != MONTHS_PER_YEAR:
+        description += f", {months}/{MONTHS_PER_YEAR} of the yearly fee"
+        every = "monthly" if months == 1 else f"every {months} months"
+        price = f"{_money_text(plan.price, currency)} per year, billed {every}"
+    elif yearly:
+        price = f"{_money_text(plan.price, currency)} per year"
+    elif months != 1:
+        description += f", {months} months"
+        price = f"{_money_text(plan.price, currency)} per month, billed every {months} months"
     else:
         price = f"{_money_text(plan.price, currency)} per month"
     return InvoiceLine(

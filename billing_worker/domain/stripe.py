@@ -144,6 +144,7 @@ class SubscriptionTerms:
     period: BillingPeriod | None
     cancel_at_period_end: bool
     trial_end: datetime | None
+    billing_cycle_anchor: datetime | None = None
 
 
 def subscription_terms(obj: Mapping[str, Any]) -> SubscriptionTerms:
@@ -176,6 +177,7 @@ def subscription_terms(obj: Mapping[str, Any]) -> SubscriptionTerms:
         period=period,
         cancel_at_period_end=bool(obj.get("cancel_at_period_end", False)),
         trial_end=timestamp(obj, "trial_end"),
+        billing_cycle_anchor=timestamp(obj, "billing_cycle_anchor"),
     )
 
 

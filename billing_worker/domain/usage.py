@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 
 from billing_worker.domain.errors import EventTimeInFuture
-from billing_worker.domain.periods import BillingPeriod, calendar_month_of
+from billing_worker.domain.periods import BillingPeriod, PeriodCalendar, calendar_month_of
 from billing_worker.domain.pricebook import EXACT, Aggregation, MeterFeed, PriceBook
 
 Scalar = str | int | float | bool | None
@@ -160,11 +160,22 @@ class LedgerEntry:
     """For ``unique_count`` meters: the distinct value this event carries."""
 
 
-def ledger_entries_for(records: Iterable[UsageRecord], book: PriceBook) -> list[LedgerEntry]:
-    """One entry per record and meter it feeds, in the calendar month of its time."""
+def ledger_entries_for(
+    records: Iterable[UsageRecord],
+    book: PriceBook,
+    calendars: Mapping[str, PeriodCalendar] | None = None,
+) -> list[LedgerEntry]:
+    """One entry per record and meter it feeds, in the account's billing period containing
+    its time (``calendars``; calendar months for an account not in it)."""
     entries: list[LedgerEntry] = []
+    calendars = calendars or {}
     for record in records:
-        period = calendar_month_of(record.occurred_at)
+        calendar = calendars.get(record.account)
+        period = (
+            calendar_month_of(record.occurred_at)
+            if calendar is None
+            else calendar.period_of(record.occurred_at)
+        )
         feeds = record.feeds
         if feeds is None:
             feeds = book.feeds(record.event_type, record.quantity, record.dimensions)

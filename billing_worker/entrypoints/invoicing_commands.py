@@ -15,7 +15,7 @@ from billing_worker.adapters.postgres.invoice_store import PostgresInvoices
 from billing_worker.adapters.postgres.reports import period_report
 from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
 from billing_worker.config import Settings
-from billing_worker.domain.periods import calendar_month_of
+from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.entrypoints.operator import table
 from billing_worker.service.invoices import InvoiceNotFound, close_due_periods, move_invoice
@@ -99,7 +99,7 @@ async def run_invoicing_command(
         _print_report(report, as_json=args.json, out=out)
         return 0
     if args.action == "show":
-        return await _show(
+        return await show_invoice(
             engine, args.invoice_id, explain=args.explain, as_json=args.json, out=out
         )
     status = "void" if args.action == "void" else "uncollectible"
@@ -114,9 +114,11 @@ async def run_invoicing_command(
     return 0
 
 
-async def _show(
+async def show_invoice(
     engine: AsyncEngine, invoice_id: str, *, explain: bool, as_json: bool, out: TextIO
 ) -> int:
+    """Print invoice ``invoice_id`` (``invoice show``; the demo prints its invoice with it);
+    exit status 1 when there is no such invoice."""
     async with engine.connect() as conn:
         store = PostgresInvoices(conn)
         invoice = await store.get(invoice_id)
@@ -129,7 +131,7 @@ async def _show(
             if explain and line["meter"] and line["first_entry_id"] is not None:
                 period = invoice.period
                 if line["refers_to_start"] is not None:
-                    period = calendar_month_of(line["refers_to_start"])
+                    period = BillingPeriod(line["refers_to_start"], line["refers_to_end"])
                 line["ledger_entries"] = await store.line_entries(
                     invoice.account,
                     period,

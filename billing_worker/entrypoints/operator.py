@@ -17,7 +17,6 @@ from billing_worker.adapters.postgres.account_view import grants, period_totals,
 from billing_worker.adapters.pricebook_file import PriceBookError, load_pricebook
 from billing_worker.config import Settings
 from billing_worker.domain.errors import PermanentError
-from billing_worker.domain.periods import calendar_month_of
 from billing_worker.domain.pricebook import (
     CreditSource,
     Free,
@@ -389,7 +388,7 @@ async def show_account(
     if stored is None:
         sys.stderr.write(f"no account {account!r}\n")
         return 1
-    period = calendar_month_of(now)
+    period = (await PostgresAccounts(conn).period_calendar(account)).period_of(now)
     plan = book.plan(stored.plan)
     totals = await period_totals(conn, account, period)
     usage = {t.meter: t for t in totals}

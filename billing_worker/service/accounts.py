@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from billing_worker.domain.errors import PermanentError
-from billing_worker.domain.periods import BillingPeriod, calendar_month_of
+from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import DEFAULT_GRANT_PRIORITY, CreditSource, PriceBook
 from billing_worker.domain.quotas import PeriodUsage, crossed_thresholds
 from billing_worker.service.events import quota_alert, subscription_changed
@@ -98,7 +98,6 @@ async def apply_plan_change(
         raise UnknownPlan(
             f"no plan {plan!r} in price book {book.version} (plans: {', '.join(book.plans)})"
         )
-    usage_period = calendar_month_of(now)
     # Locked FOR UPDATE, the account row serialises this change with usage batches for
     # the account (their foreign-key checks wait): a batch allocating the old plan's
     # grant can't interleave with the change that ends it.
@@ -109,6 +108,7 @@ async def apply_plan_change(
         if before is None:  # pragma: no cover - accounts are never deleted
             raise UnknownAccount(f"account {account!r} vanished")
         previous_plan, previous_status = before.plan, before.status
+    usage_period = (await uow.accounts.period_calendar(account)).period_of(now)
     changed = (previous_plan, previous_status) != (plan, status)
     quota_events = 0
     if changed:

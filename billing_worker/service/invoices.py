@@ -11,7 +11,7 @@ leaves nothing or the whole invoice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.invoicing import (
@@ -49,8 +49,16 @@ class InvalidTransition(PermanentError):
 
 
 def invoice_id_for(account: str, period: BillingPeriod) -> str:
-    """Our invoice id: readable, and the same whoever closes the period."""
-    return f"inv-{period.start:%Y%m}-{account}"
+    """Our invoice id: readable, and the same whoever closes the period.
+
+    ``inv-YYYYMM-<account>`` for a calendar month; a period of a subscription cycle (two
+    may start in one month: a stub and the cycle) is named by its start to the second,
+    ``inv-YYYYMMDDTHHMMSS-<account>``.
+    """
+    start = period.start.astimezone(UTC)
+    if calendar_month_of(start) == period:
+        return f"inv-{start:%Y%m}-{account}"
+    return f"inv-{start:%Y%m%dT%H%M%S}-{account}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +72,6 @@ class Closed:
     currency: str
 
 
-def last_closable_start(as_of: datetime, grace: timedelta) -> datetime:
-    """Start of the last calendar month that ended at least ``grace`` before ``as_of``."""
-    current = calendar_month_of(as_of - grace)
-    return calendar_month_of(current.start - timedelta(seconds=1)).start
-
-
 async def close_due_periods(
     uow_factory: UnitOfWorkFactory,
     book: PriceBook,
@@ -80,12 +82,10 @@ async def close_due_periods(
     limit: int = 500,
 ) -> list[Closed]:
     """Close every period that ended ``grace`` before ``as_of`` and has no invoice yet."""
-    last_start = last_closable_start(as_of, grace)
     async with uow_factory() as uow:
-        due = await uow.invoices.due_periods(last_start, account=account, limit=limit)
+        due = await uow.invoices.due_periods(as_of - grace, account=account, limit=limit)
     closed = []
-    for due_account, start in due:
-        period = calendar_month_of(start)
+    for due_account, period in due:
         result = await close_period(
             uow_factory, book, account=due_account, period=period, now=as_of
         )
@@ -107,6 +107,14 @@ async def close_period(
         stored = await uow.accounts.get(account, lock=True)
         if stored is None or await uow.invoices.invoice_for(account, period) is not None:
             return None
+        calendar = await uow.accounts.period_calendar(account)
+        if calendar.period_of(period.start) != period:
+            raise ValueError(
+                f"{period.start.isoformat()} .. {period.end.isoformat()} is not a billing "
+                f"period of account {account} (its period there is "
+                f"{calendar.period_of(period.start)})"
+            )
+        cycle_period, cycle_months = calendar.cycle_period(period)
         spans = await _plan_spans(uow, account, period, current_plan=stored.plan)
         dimensions = {
             meter: price.dimension
@@ -125,6 +133,8 @@ async def close_period(
             usage=usage,
             credits_used=credits_used,
             adjustments=adjustments,
+            cycle_period=cycle_period,
+            cycle_months=cycle_months,
         )
         watermark = max((u.last_entry_id or 0 for u in usage), default=0) or None
         invoice_id = invoice_id_for(account, period)

@@ -11,7 +11,7 @@ from typing import Any, Protocol, Self
 
 from billing_worker.domain.credits import BurnResult, GrantBalance
 from billing_worker.domain.invoicing import InvoiceDraft, LateUsage, MeterUsage, StoredInvoice
-from billing_worker.domain.periods import BillingPeriod
+from billing_worker.domain.periods import BillingPeriod, CycleChange, PeriodCalendar
 from billing_worker.domain.pricebook import CreditSource, PriceBook
 from billing_worker.domain.quotas import PeriodUsage, ThresholdCrossing
 from billing_worker.domain.stripe import StripeEvent, SubscriptionTerms
@@ -67,6 +67,11 @@ class UsageStore(Protocol):
 
     async def ensure_accounts(self, accounts: Sequence[str], plan: str) -> None:
         """Create the accounts that do not exist yet, on ``plan``."""
+        ...
+
+    async def period_calendars(self, accounts: Sequence[str]) -> Mapping[str, PeriodCalendar]:
+        """The billing periods of each of ``accounts`` (possibly cached for a minute: a
+        change of cycle only takes effect far enough ahead for that not to matter)."""
         ...
 
     async def append_usage(
@@ -165,6 +170,20 @@ class AccountStore(Protocol):
         """Every meter's total for the account in ``period``."""
         ...
 
+    async def period_calendar(self, account: str) -> PeriodCalendar:
+        """The account's billing periods, read now."""
+        ...
+
+    async def add_cycle_change(
+        self, account: str, change: CycleChange, subscription: str | None
+    ) -> None:
+        """Record a change of the account's billing cycle."""
+        ...
+
+    async def usage_horizon(self, account: str) -> datetime | None:
+        """The end of the latest period holding usage of the account, if any."""
+        ...
+
 
 class StripeStore(Protocol):
     """Processed Stripe events, object ordering, customers, subscriptions, payments."""
@@ -223,9 +242,9 @@ class InvoiceStore(Protocol):
     """Invoices and what closing a period reads."""
 
     async def due_periods(
-        self, last_start: datetime, *, account: str | None, limit: int
-    ) -> list[tuple[str, datetime]]:
-        """(account, period start) of months up to ``last_start`` not invoiced yet."""
+        self, cutoff: datetime, *, account: str | None, limit: int
+    ) -> list[tuple[str, BillingPeriod]]:
+        """(account, period) of the periods ended by ``cutoff`` without an invoice yet."""
         ...
 
     async def closed_periods(

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from billing_worker.domain.errors import PermanentError
-from billing_worker.domain.periods import BillingPeriod, calendar_month_of
+from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.quotas import QuotaAnswer, answer_quota_check
 
@@ -32,9 +32,10 @@ class UsageReader(Protocol):
     """Reads what a quota check needs in one round trip, outside any transaction."""
 
     async def plan_and_usage(
-        self, account: str, meter: str, period: BillingPeriod
-    ) -> tuple[str | None, Decimal]:
-        """The account's plan (None if never seen) and its usage of ``meter`` in ``period``."""
+        self, account: str, meter: str, now: datetime
+    ) -> tuple[str | None, Decimal, BillingPeriod]:
+        """The account's plan (None if never seen), its usage of ``meter`` in its billing
+        period containing ``now``, and that period."""
         ...
 
 
@@ -54,7 +55,6 @@ async def check_quota(
     if meter not in book.meters:
         known = ", ".join(sorted(book.meters))
         raise UnknownMeter(f"no meter {meter!r} in price book {book.version} (known: {known})")
-    period = calendar_month_of(now)
-    plan, used = await reader.plan_and_usage(account, meter, period)
+    plan, used, period = await reader.plan_and_usage(account, meter, now)
     answer = answer_quota_check(book, plan or book.default_plan, meter, used, quantity)
     return QuotaCheckResult(answer=answer, period=period)

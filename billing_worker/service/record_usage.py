@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from billing_worker.domain.credits import burn_credits, credit_charges
-from billing_worker.domain.periods import calendar_month_of
+from billing_worker.domain.periods import DEFAULT_CALENDAR, BillingPeriod, PeriodCalendar
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.quotas import crossed_thresholds
 from billing_worker.domain.usage import (
@@ -50,7 +50,8 @@ async def record_usage_batch(
         unclaimed = [r.key for r in firsts if r.key not in claimed]
         stored = await uow.usage.stored_fingerprints(unclaimed) if unclaimed else {}
         new = [r for r in firsts if r.key in claimed]
-        late = await _late_to_reject(uow, book, new, clock())
+        calendars = await uow.usage.period_calendars(sorted({r.account for r in new}))
+        late = await _late_to_reject(uow, book, new, calendars, clock())
         if late:
             # Unclaimed again in this transaction: a redelivery is judged the same way.
             await uow.usage.release_keys(sorted(late))
@@ -58,7 +59,7 @@ async def record_usage_batch(
             new = [r for r in new if r.key not in late]
         if new:
             await uow.usage.ensure_accounts(sorted({r.account for r in new}), book.default_plan)
-            entries = ledger_entries_for(new, book)
+            entries = ledger_entries_for(new, book, calendars)
             if entries:
                 await _apply(uow, book, entries, clock())
         await uow.commit()
@@ -70,16 +71,24 @@ async def record_usage_batch(
 
 
 async def _late_to_reject(
-    uow: UnitOfWork, book: PriceBook, records: Sequence[UsageRecord], now: datetime
+    uow: UnitOfWork,
+    book: PriceBook,
+    records: Sequence[UsageRecord],
+    calendars: Mapping[str, PeriodCalendar],
+    now: datetime,
 ) -> set[IdempotencyKey]:
     """Keys of events for an invoiced period that feed a meter whose late-event policy is
     ``reject``. Only events of periods already over are looked up (none on the hot path)."""
     if not any(meter.late_events == "reject" for meter in book.meters.values()):
         return set()  # the usual case: nothing to look up, no work per event
+
+    def period(r: UsageRecord) -> BillingPeriod:
+        return calendars.get(r.account, DEFAULT_CALENDAR).period_of(r.occurred_at)
+
     candidates = [
         r
         for r in records
-        if calendar_month_of(r.occurred_at).end <= now
+        if period(r).end <= now
         and any(
             feed.meter.late_events == "reject"
             for feed in (r.feeds or book.feeds(r.event_type, r.quantity, r.dimensions))
@@ -87,11 +96,9 @@ async def _late_to_reject(
     ]
     if not candidates:
         return set()
-    pairs = sorted({(r.account, calendar_month_of(r.occurred_at).start) for r in candidates})
+    pairs = sorted({(r.account, period(r).start) for r in candidates})
     closed = await uow.invoices.closed_periods(pairs)
-    return {
-        r.key for r in candidates if (r.account, calendar_month_of(r.occurred_at).start) in closed
-    }
+    return {r.key for r in candidates if (r.account, period(r).start) in closed}
 
 
 async def _apply(

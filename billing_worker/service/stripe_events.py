@@ -9,10 +9,11 @@ undo a newer one). Effects go to the ledgers and the outbox in the same transact
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
+from billing_worker.domain.periods import cycle_of_subscription
 from billing_worker.domain.pricebook import CreditSource, PriceBook
 from billing_worker.domain.stripe import (
     ENDED_STATUSES,
@@ -39,6 +40,11 @@ from billing_worker.service.invoices import (
 from billing_worker.service.ports import UnitOfWork, UnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
+
+CYCLE_MARGIN = timedelta(hours=1)
+"""How far ahead, at least, an account's move onto its subscription's billing cycle takes
+effect (the worker adds the allowed clock skew): longer than any process caches a period
+calendar, so every replica agrees on the period of every event it accepts."""
 
 
 class StripeOutcome(enum.StrEnum):
@@ -71,7 +77,12 @@ HANDLED = frozenset(
 
 
 async def apply_stripe_event(
-    uow_factory: UnitOfWorkFactory, book: PriceBook, event: StripeEvent, *, now: datetime
+    uow_factory: UnitOfWorkFactory,
+    book: PriceBook,
+    event: StripeEvent,
+    *,
+    now: datetime,
+    cycle_margin: timedelta = CYCLE_MARGIN,
 ) -> StripeOutcome:
     """Apply ``event`` once; raise ``PermanentError`` for one that names no account."""
     async with uow_factory() as uow:
@@ -89,6 +100,10 @@ async def apply_stripe_event(
             await uow.commit()
             return StripeOutcome.STALE
         account = await _APPLY[event.event_type.rsplit(".", 1)[0]](uow, book, event, now)
+        if event.object_type == "subscription" and not event.event_type.endswith(
+            (".deleted", ".trial_will_end")
+        ):
+            await _follow_cycle(uow, book, account, event, not_before=now + cycle_margin, now=now)
         await uow.stripe.set_outcome(event, StripeOutcome.APPLIED, account)
         await uow.commit()
     return StripeOutcome.APPLIED
@@ -178,6 +193,59 @@ async def _subscription(uow: UnitOfWork, book: PriceBook, event: StripeEvent, no
         period=terms.period,
     )
     return account
+
+
+async def _follow_cycle(
+    uow: UnitOfWork,
+    book: PriceBook,
+    account: str,
+    event: StripeEvent,
+    *,
+    not_before: datetime,
+    now: datetime,
+) -> None:
+    """Move the account's billing periods onto the subscription's cycle, once Stripe names
+    it: from the first boundary of its present periods after ``not_before`` and after all
+    recorded usage (the account row is locked: no usage batch runs meanwhile), so no
+    recorded usage changes period. A cycle of days or weeks is not followed."""
+    terms = subscription_terms(event.obj)
+    if terms.period is None or terms.status in OFF_STATUSES:
+        return
+    cycle = cycle_of_subscription(terms.period.start, terms.period.end, terms.billing_cycle_anchor)
+    if cycle is None:
+        log.info(
+            "subscription_cycle_not_followed",
+            account=account,
+            subscription=terms.subscription_id,
+            reason="not a whole number of months",
+        )
+        return
+    await uow.accounts.get(account, lock=True)
+    horizon = await uow.accounts.usage_horizon(account)
+    calendar = await uow.accounts.period_calendar(account)
+    change = calendar.switch_to(cycle, max(not_before, horizon or not_before))
+    if change is None:
+        return
+    await uow.accounts.add_cycle_change(account, change, terms.subscription_id)
+    await uow.accounts.append_entry(
+        account,
+        "period_cycle_changed",
+        {
+            "effective_from": change.effective_from.isoformat(),
+            "anchor": cycle.anchor.isoformat(),
+            "months": cycle.months,
+            "subscription": terms.subscription_id,
+            "event_id": event.event_id,
+        },
+        book.version,
+        now,
+    )
+    log.info(
+        "period_cycle_changed",
+        account=account,
+        effective_from=change.effective_from.isoformat(),
+        cycle=cycle.text,
+    )
 
 
 async def _checkout(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:

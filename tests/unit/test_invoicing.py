@@ -1004,3 +1004,83 @@ class TestProperties:
                 spans=spans[:index] + spans[index + 1 :],
                 usage=[],
             )
+
+
+class TestSubscriptionCycles:
+    """Periods of an account on its subscription's cycle (``cycle_period``/``cycle_months``)."""
+
+    CYCLE = BillingPeriod(
+        datetime(2026, 11, 15, 10, tzinfo=UTC), datetime(2026, 12, 15, 10, tzinfo=UTC)
+    )
+    STUB = BillingPeriod(datetime(2026, 12, 1, tzinfo=UTC), CYCLE.end)
+
+    def test_stub_period_pays_its_part_of_the_cycle(self) -> None:
+        """The stub Dec 1 → Dec 15 10:00 is 14d10h of a 30-day cycle: P's 10.00 fee gives
+        4.81 (10 x 346/720 = 4.8055..), described as 14.42 of 30 days."""
+        draft = build_invoice(
+            MODELS_BOOK,
+            account="a",
+            period=self.STUB,
+            spans=[PlanSpan("P", self.STUB.start, self.STUB.end)],
+            usage=[],
+            cycle_period=self.CYCLE,
+        )
+        fee = draft.lines[0]
+        exact = Fraction(10) * Fraction(346, 720)  # not a finite decimal: 200 digits kept
+        assert fee.amount == D("4.81")
+        assert abs(Fraction(fee.unrounded) - exact) < Fraction(1, 10**150)
+        assert "(14.42/30 days)" in fee.description
+
+    def test_whole_cycle_period_is_charged_in_full(self) -> None:
+        """A period that is the whole cycle pays the whole fee, whatever its length."""
+        draft = build_invoice(
+            MODELS_BOOK,
+            account="a",
+            period=self.CYCLE,
+            spans=whole("P", self.CYCLE),
+            usage=[],
+            cycle_period=self.CYCLE,
+        )
+        assert draft.lines[0].amount == D("10.00")
+
+    @pytest.mark.parametrize(
+        ("plan", "months", "expected", "price"),
+        [
+            ("P", 3, D("30.00"), "per month, billed every 3 months"),
+            ("YEARLY", 12, D("120.00"), "per year"),
+            ("YEARLY", 3, D("30.00"), "per year, billed every 3 months"),
+        ],
+    )
+    def test_multi_month_cycles(
+        self, plan: str, months: int, expected: Decimal, price: str
+    ) -> None:
+        """A monthly fee is charged once per month of the cycle; a yearly one its share."""
+        period = BillingPeriod(
+            datetime(2026, 11, 15, tzinfo=UTC),
+            datetime(2026, 11, 15, tzinfo=UTC).replace(year=2027)
+            if months == 12
+            else datetime(2027, 2, 15, tzinfo=UTC),
+        )
+        draft = build_invoice(
+            MODELS_BOOK,
+            account="a",
+            period=period,
+            spans=whole(plan, period),
+            usage=[],
+            cycle_period=period,
+            cycle_months=months,
+        )
+        assert draft.lines[0].amount == expected
+        assert draft.lines[0].price.endswith(price)
+
+    def test_cycle_must_contain_the_period(self) -> None:
+        """A cycle that does not contain the period is a bug in the caller: ValueError."""
+        with pytest.raises(ValueError, match="does not contain"):
+            build_invoice(
+                MODELS_BOOK,
+                account="a",
+                period=NOV,
+                spans=whole("P"),
+                usage=[],
+                cycle_period=self.CYCLE,
+            )

@@ -12,7 +12,7 @@ from typing import Any, cast
 from billing_worker.adapters.amqp.billing_events import OutboxRelay
 from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.consumers.quota_check import QuotaCheckConsumer
-from billing_worker.domain.periods import BillingPeriod
+from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from tests.fakes import FakeChannel
 from tests.pricebooks import DEFAULT_BOOK
 
@@ -69,16 +69,16 @@ class Request:
 
 class BrokenReader:
     async def plan_and_usage(
-        self, account: str, meter: str, period: BillingPeriod
-    ) -> tuple[str | None, Decimal]:
+        self, account: str, meter: str, now: datetime
+    ) -> tuple[str | None, Decimal, BillingPeriod]:
         raise RuntimeError("a bug")
 
 
 class FixedReader:
     async def plan_and_usage(
-        self, account: str, meter: str, period: BillingPeriod
-    ) -> tuple[str | None, Decimal]:
-        return "FREE", Decimal(99_000)
+        self, account: str, meter: str, now: datetime
+    ) -> tuple[str | None, Decimal, BillingPeriod]:
+        return "FREE", Decimal(99_000), calendar_month_of(now)
 
 
 def consumer(reader: Any, exchange: RecordingExchange, metrics: Metrics) -> QuotaCheckConsumer:

@@ -12,20 +12,24 @@ from billing_worker.domain.periods import BillingPeriod
 
 BY_PLAN = text("""
     SELECT plan, currency, count(*), sum(total) FROM invoices
-    WHERE period_start = :start AND status <> 'void' GROUP BY 1, 2 ORDER BY 1, 2
+    WHERE period_start >= :start AND period_start < :end AND status <> 'void'
+    GROUP BY 1, 2 ORDER BY 1, 2
 """)
 BY_STATUS = text("""
     SELECT status, currency, count(*), sum(total) FROM invoices
-    WHERE period_start = :start GROUP BY 1, 2 ORDER BY 1, 2
+    WHERE period_start >= :start AND period_start < :end
+    GROUP BY 1, 2 ORDER BY 1, 2
 """)
 BY_METER = text("""
     SELECT coalesce(l.meter, '(plan fees)'), i.currency, sum(l.amount)
     FROM invoice_lines AS l JOIN invoices AS i USING (invoice_id)
-    WHERE i.period_start = :start AND i.status <> 'void' AND l.kind IN ('plan_fee', 'usage')
+    WHERE i.period_start >= :start AND i.period_start < :end AND i.status <> 'void'
+      AND l.kind IN ('plan_fee', 'usage')
     GROUP BY 1, 2 ORDER BY 1, 2
 """)
 ACTIVE = text("""
-    SELECT count(DISTINCT account_id) FROM usage_aggregates WHERE period_start = :start
+    SELECT count(DISTINCT account_id) FROM usage_aggregates
+    WHERE period_start >= :start AND period_start < :end
 """)
 
 
@@ -35,7 +39,7 @@ def _rows(result: Any) -> list[list[Any]]:
 
 async def period_report(conn: AsyncConnection, period: BillingPeriod) -> dict[str, Any]:
     """Revenue by plan, meter and status, invoice counts, active accounts."""
-    params = {"start": period.start}
+    params = {"start": period.start, "end": period.end}
     by_plan = _rows(await conn.execute(BY_PLAN, params))
     by_status = _rows(await conn.execute(BY_STATUS, params))
     by_meter = _rows(await conn.execute(BY_METER, params))

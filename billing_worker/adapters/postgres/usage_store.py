@@ -9,6 +9,7 @@ core. Decimals and timestamps travel as strings and are parsed exactly by Postgr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -19,13 +20,14 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
-from billing_worker.adapters.postgres.account_store import PostgresAccounts
+from billing_worker.adapters.postgres.account_store import PostgresAccounts, load_calendars
 from billing_worker.adapters.postgres.credit_store import PostgresCredits
 from billing_worker.adapters.postgres.errors import translate
 from billing_worker.adapters.postgres.invoice_store import PostgresInvoices
 from billing_worker.adapters.postgres.outbox_store import PostgresOutbox
 from billing_worker.adapters.postgres.stripe_store import PostgresStripe
 from billing_worker.domain.errors import TransientError
+from billing_worker.domain.periods import PeriodCalendar
 from billing_worker.domain.pricebook import AGGREGATIONS_THAT_ADD, PriceBook
 from billing_worker.domain.quotas import PeriodUsage
 from billing_worker.domain.usage import AggregateDelta, IdempotencyKey, LedgerEntry, UsageRecord
@@ -119,6 +121,11 @@ APPEND_USAGE = text("""
 """)
 
 KNOWN_ACCOUNTS_LIMIT = 200_000
+CALENDAR_TTL_SECONDS = 60.0
+"""How long a process trusts an account's period calendar it read. A change of cycle takes
+effect no sooner than an hour plus the allowed clock skew after it is recorded (see
+``service/stripe_events.py``), so a calendar this old is never wrong for an event the
+worker accepts."""
 
 
 def _json(rows: object) -> str:
@@ -135,6 +142,29 @@ class KnownAccounts:
     def __init__(self, limit: int = KNOWN_ACCOUNTS_LIMIT) -> None:
         self._ids: set[str] = set()
         self._limit = limit
+        self._calendars: dict[str, tuple[float, PeriodCalendar]] = {}
+
+    def calendars(
+        self, accounts: Iterable[str], now: float
+    ) -> tuple[dict[str, PeriodCalendar], list[str]]:
+        """The cached calendars of ``accounts`` still fresh at ``now`` (monotonic), and the
+        accounts (sorted) to read."""
+        fresh: dict[str, PeriodCalendar] = {}
+        stale: list[str] = []
+        for account in accounts:
+            cached = self._calendars.get(account)
+            if cached is not None and now - cached[0] < CALENDAR_TTL_SECONDS:
+                fresh[account] = cached[1]
+            else:
+                stale.append(account)
+        return fresh, sorted(stale)
+
+    def remember_calendars(self, calendars: dict[str, PeriodCalendar], now: float) -> None:
+        """Cache calendars read at ``now`` (monotonic)."""
+        if len(self._calendars) > self._limit:
+            self._calendars.clear()
+        for account, calendar in calendars.items():
+            self._calendars[account] = (now, calendar)
 
     def unknown(self, accounts: Iterable[str]) -> list[str]:
         """Those of ``accounts`` not known to exist, sorted."""
@@ -143,6 +173,7 @@ class KnownAccounts:
     def forget(self) -> None:
         """Start over (an account we believed in is missing: the database was restored)."""
         self._ids.clear()
+        self._calendars.clear()
 
     def add(self, accounts: Iterable[str]) -> None:
         """Remember committed accounts."""
@@ -186,6 +217,16 @@ class PostgresUsageStore:
         if unknown:
             await self._conn.execute(ENSURE_ACCOUNTS, {"rows": _json(unknown), "plan": plan})
             self.created_accounts.extend(unknown)
+
+    async def period_calendars(self, accounts: Sequence[str]) -> dict[str, PeriodCalendar]:
+        """Each account's billing periods: from the process cache, else read (one query)."""
+        now = time.monotonic()
+        calendars, stale = self._known.calendars(accounts, now)
+        if stale:
+            read = await load_calendars(self._conn, stale)
+            self._known.remember_calendars(read, now)
+            calendars.update(read)
+        return calendars
 
     async def append_usage(
         self,
