@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     close_grace_seconds: int = Field(default=3600, ge=0, le=31 * 86_400)
     close_interval_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    invoice_review: bool = False
     stripe_signature_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
     stripe_relay_host: str = "0.0.0.0"  # noqa: S104 - Stripe (or a proxy) calls in from outside
     stripe_relay_port: int = Field(default=8080, ge=0, le=65535)

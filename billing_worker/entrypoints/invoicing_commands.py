@@ -40,6 +40,12 @@ def add_invoicing_commands(commands: Any) -> None:
         "--explain", action="store_true", help="list the ledger entries behind each line"
     )
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    finalize = actions.add_parser(
+        "finalize",
+        help="move a draft invoice (BILLING_INVOICE_REVIEW) to open: it is announced "
+        "(invoice.ready) and pushed to Stripe",
+    )
+    finalize.add_argument("invoice_id")
     for action, status in (("void", "void"), ("mark-uncollectible", "uncollectible")):
         move = actions.add_parser(action, help=f"mark the invoice {status} (a ledger entry)")
         move.add_argument("invoice_id")
@@ -80,6 +86,7 @@ async def run_invoicing_command(
             as_of=args.as_of or now,
             grace=timedelta(seconds=settings.close_grace_seconds),
             account=args.account,
+            review=settings.invoice_review,
         )
         rows = [
             [c.invoice_id, c.account, f"{c.period.start:%Y-%m}", c.total, c.currency]
@@ -102,7 +109,7 @@ async def run_invoicing_command(
         return await show_invoice(
             engine, args.invoice_id, explain=args.explain, as_json=args.json, out=out
         )
-    status = "void" if args.action == "void" else "uncollectible"
+    status = {"void": "void", "finalize": "open"}.get(args.action, "uncollectible")
     try:
         before, after = await move_invoice(
             uow, book, invoice_id=args.invoice_id, status=status, cause="operator", now=now

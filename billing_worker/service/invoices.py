@@ -80,14 +80,16 @@ async def close_due_periods(
     grace: timedelta,
     account: str | None = None,
     limit: int = 500,
+    review: bool = False,
 ) -> list[Closed]:
-    """Close every period that ended ``grace`` before ``as_of`` and has no invoice yet."""
+    """Close every period that ended ``grace`` before ``as_of`` and has no invoice yet
+    (as drafts with ``review``)."""
     async with uow_factory() as uow:
         due = await uow.invoices.due_periods(as_of - grace, account=account, limit=limit)
     closed = []
     for due_account, period in due:
         result = await close_period(
-            uow_factory, book, account=due_account, period=period, now=as_of
+            uow_factory, book, account=due_account, period=period, now=as_of, review=review
         )
         if result is not None:
             closed.append(result)
@@ -101,8 +103,13 @@ async def close_period(
     account: str,
     period: BillingPeriod,
     now: datetime,
+    review: bool = False,
 ) -> Closed | None:
-    """Close one account's period; None if it was closed already (by another replica)."""
+    """Close one account's period; None if it was closed already (by another replica).
+
+    The invoice is ``open`` and announced (``invoice.ready``) at once; with ``review`` it
+    is a ``draft``, announced and pushed to Stripe only once finalized (``draft`` →
+    ``open``, see :func:`apply_invoice_status`)."""
     async with uow_factory() as uow:
         stored = await uow.accounts.get(account, lock=True)
         if stored is None or await uow.invoices.invoice_for(account, period) is not None:
@@ -138,7 +145,9 @@ async def close_period(
         )
         watermark = max((u.last_entry_id or 0 for u in usage), default=0) or None
         invoice_id = invoice_id_for(account, period)
-        if not await uow.invoices.insert(invoice_id, draft, status="open", last_entry_id=watermark):
+        if not await uow.invoices.insert(
+            invoice_id, draft, status="draft" if review else "open", last_entry_id=watermark
+        ):
             return None
         await uow.accounts.append_entry(
             account,
@@ -152,7 +161,8 @@ async def close_period(
             book.version,
             now,
         )
-        await uow.outbox.add([invoice_ready(invoice_id, draft, at=now)])
+        if not review:
+            await uow.outbox.add([invoice_ready(invoice_id, draft, at=now)])
         await uow.commit()
     return Closed(invoice_id, account, period, str(draft.total), draft.currency)
 
@@ -255,4 +265,9 @@ async def apply_invoice_status(
         book.version,
         now,
     )
+    if invoice.status == "draft" and status == "open":
+        # finalized after review: announced now, exactly as a close without review would
+        await uow.outbox.add(
+            [invoice_ready(invoice_id, await uow.invoices.as_draft(invoice), at=now)]
+        )
     return invoice.status, status

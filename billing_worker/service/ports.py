@@ -285,6 +285,10 @@ class InvoiceStore(Protocol):
         """Write the invoice and its lines; False if the period was invoiced already."""
         ...
 
+    async def as_draft(self, invoice: StoredInvoice) -> InvoiceDraft:
+        """The stored invoice with its lines, as the close built it."""
+        ...
+
     async def get(self, invoice_id: str, *, lock: bool = False) -> StoredInvoice | None:
         """The invoice."""
         ...

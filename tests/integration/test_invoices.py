@@ -332,3 +332,43 @@ async def test_late_usage_of_a_per_model_meter_is_adjusted_per_model(
         ("inference_tokens", "gpt-4", Decimal(1500), Decimal("1.00")),
         ("inference_tokens", "llama-3", Decimal(60), Decimal("0.00")),
     ]
+
+
+async def test_review_closes_drafts_announced_only_when_finalized(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """With review, a close writes a draft: no invoice.ready, not offered to Stripe sync,
+    paid refused. Finalizing moves it to open (a ledger entry) and announces exactly what
+    a close without review announces for the same usage."""
+    await record(engine, [event("generator.image_generated", 3, account="acct_r")])
+    await record(engine, [event("generator.image_generated", 3, account="acct_n")])
+    factory = lambda: PostgresUnitOfWork(engine)  # noqa: E731
+    await close(engine, account="acct_r", review=True)
+    assert sql.execute("SELECT status FROM invoices WHERE account_id = 'acct_r'").fetchall() == [
+        ("draft",)
+    ]
+    assert ready(sql) == []
+    async with factory() as uow:
+        assert await uow.invoices.to_sync(10) == []
+    with pytest.raises(PermanentError, match="draft; it can't become paid"):
+        await move_invoice(
+            factory, DEFAULT_BOOK, invoice_id="inv-202610-acct_r", status="paid",
+            cause="operator", now=NOV_2,
+        )  # fmt: skip
+
+    await close(engine, account="acct_n")
+    assert await move_invoice(
+        factory, DEFAULT_BOOK, invoice_id="inv-202610-acct_r", status="open",
+        cause="operator", now=NOV_2,
+    ) == ("draft", "open")  # fmt: skip
+    announced = {p["subject"]: p["data"] for p in ready(sql)}
+    reviewed, direct = announced["acct_r"], announced["acct_n"]
+    assert reviewed.pop("invoice_id") == "inv-202610-acct_r"
+    assert direct.pop("invoice_id") == "inv-202610-acct_n"
+    assert reviewed == direct
+    assert Decimal(reviewed["total"]) > 0
+    moves = sql.execute(
+        "SELECT details ->> 'from', details ->> 'to' FROM account_ledger "
+        "WHERE kind = 'invoice_status' AND account_id = 'acct_r'"
+    ).fetchall()
+    assert moves == [("draft", "open")]

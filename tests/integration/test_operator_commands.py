@@ -169,3 +169,42 @@ def test_close_show_explain_void_and_report(
     assert "open -> void" in capsys.readouterr().out
     assert cli.main(["invoice", "show", "nope"]) == 1
     assert sql.execute("SELECT status FROM invoices").fetchone() == ("void",)
+
+
+@pytest.mark.usefixtures("env")
+def test_review_then_finalize(
+    capsys: pytest.CaptureFixture[str],
+    database_url: str,
+    sql: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With BILLING_INVOICE_REVIEW=true close-periods writes a draft; `invoice finalize`
+    moves it to open; finalizing twice is a no-op; an unknown invoice exits 1."""
+    import asyncio  # noqa: PLC0415
+    from datetime import UTC, datetime  # noqa: PLC0415
+    from decimal import Decimal  # noqa: PLC0415
+
+    from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork  # noqa: PLC0415
+    from billing_worker.domain.usage import UsageRecord  # noqa: PLC0415
+    from billing_worker.service.record_usage import record_usage_batch  # noqa: PLC0415
+
+    async def seed() -> None:
+        engine = create_engine_for(database_url, pool_size=1)
+        at = datetime(2026, 10, 3, tzinfo=UTC)
+        record = UsageRecord("web", "w1", "generator.website_generated", "acct_7", at, Decimal(1))
+        await record_usage_batch(lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, [record])
+        await engine.dispose()
+
+    asyncio.run(seed())
+    monkeypatch.setenv("BILLING_INVOICE_REVIEW", "true")
+    assert cli.main(["close-periods", "--as-of", "2026-11-02T00:00:00Z"]) == 0
+    capsys.readouterr()
+    assert sql.execute("SELECT status FROM invoices").fetchone() == ("draft",)
+    assert cli.main(["invoice", "finalize", "inv-202610-acct_7"]) == 0
+    assert "draft -> open" in capsys.readouterr().out
+    assert cli.main(["invoice", "finalize", "inv-202610-acct_7"]) == 0
+    assert "open -> open" in capsys.readouterr().out
+    assert sql.execute(
+        "SELECT count(*) FROM outbox WHERE event_type = 'invoice.ready'"
+    ).fetchone() == (1,)
+    assert cli.main(["invoice", "finalize", "inv-nope"]) == 1

@@ -12,7 +12,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing_worker.adapters.postgres.account_store import load_calendars
-from billing_worker.domain.invoicing import InvoiceDraft, LateUsage, MeterUsage, StoredInvoice
+from billing_worker.domain.invoicing import (
+    InvoiceDraft,
+    InvoiceLine,
+    LateUsage,
+    MeterUsage,
+    StoredInvoice,
+)
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 
 # Calendar months from the account's first month (or its first usage, if earlier: late
@@ -205,7 +211,7 @@ TO_SYNC = text("""
                   WHERE sc.account_id = i.account_id
                   ORDER BY linked_at DESC LIMIT 1) AS c ON true
     WHERE i.stripe_invoice_id IS NULL AND i.stripe_sync_error IS NULL
-      AND i.status IN ('draft', 'open')
+      AND i.status = 'open'
     ORDER BY i.closed_at, i.invoice_id
     LIMIT :limit
     FOR UPDATE OF i SKIP LOCKED
@@ -413,6 +419,44 @@ class PostgresInvoices:
     async def set_status(self, invoice_id: str, status: str) -> None:
         """Move the invoice to ``status`` (the caller writes the ledger entry)."""
         await self._conn.execute(SET_STATUS, {"id": invoice_id, "status": status})
+
+    async def as_draft(self, invoice: StoredInvoice) -> InvoiceDraft:
+        """The stored invoice with its lines, as the close built it (tiers left out)."""
+        lines = tuple(
+            InvoiceLine(
+                kind=row["kind"],
+                description=row["description"],
+                amount=row["amount"],
+                meter=row["meter"],
+                dimension_value=row["dimension_value"],
+                quantity=row["quantity"],
+                included=row["included"],
+                free_quantity=row["free_quantity"],
+                billable=row["billable"],
+                price=row["price"],
+                entries=row["entries"],
+                first_entry_id=row["first_entry_id"],
+                last_entry_id=row["last_entry_id"],
+                refers_to=(
+                    BillingPeriod(row["refers_to_start"], row["refers_to_end"])
+                    if row["refers_to_start"] is not None
+                    else None
+                ),
+                unrounded=row["unrounded"],
+            )
+            for row in await self.lines(invoice.invoice_id)
+        )
+        return InvoiceDraft(
+            account=invoice.account,
+            period=invoice.period,
+            currency=invoice.currency,
+            plan=invoice.plan,
+            pricebook_version=invoice.pricebook_version,
+            lines=lines,
+            subtotal=invoice.subtotal,
+            credits_applied=invoice.credits_applied,
+            total=invoice.total,
+        )
 
     async def lines(self, invoice_id: str) -> list[dict[str, Any]]:
         """The invoice's lines as stored."""
