@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +70,17 @@ class Settings(BaseSettings):
         if not value.get_secret_value().startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// or amqps:// URL")
         return value
+
+    @property
+    def secret_values(self) -> list[str]:
+        """Every secret the settings hold (passwords of the URLs, Stripe's key and signing
+        secret), for masking in logs."""
+        values = [
+            urlsplit(self.amqp_url.get_secret_value()).password,
+            urlsplit(self.database_url.get_secret_value()).password,
+            *(s.get_secret_value() for s in (self.stripe_api_key, self.stripe_webhook_secret) if s),
+        ]
+        return [unquote(v) for v in values if v]
 
     @property
     def effective_prefetch(self) -> int:

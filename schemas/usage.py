@@ -99,18 +99,42 @@ class UsageEventV1(BaseModel):
     source: Identifier = Field(description="The producing service, e.g. chat-service.")
     type: EventType = Field(description="Selects the meter(s), e.g. chat.tokens.")
     subject: Identifier = Field(description="The billed account id.")
-    time: AwareDatetime = Field(description="When the usage happened; must carry a UTC offset.")
+    time: AwareDatetime = Field(
+        # lax only so the check below may see the text first; it lets through strings only
+        strict=False,
+        description="When the usage happened; must carry a UTC offset.",
+    )
     datacontenttype: Literal["application/json"] | None = None
     dataschema: Annotated[str, StringConstraints(max_length=512)] | None = None
     data: UsageData = Field(default_factory=UsageData)
 
+    @field_validator("time", mode="before")
+    @classmethod
+    def _calendar_time(cls, value: object) -> object:
+        """A date-time with its offset, not a unix time in a string: pydantic would read
+        ``"1700000000"`` as seconds (or milliseconds, by its size) and assume UTC."""
+        if isinstance(value, datetime):
+            return value  # a Python producer's own datetime (an aware one, checked next)
+        if not isinstance(value, str):
+            raise ValueError(  # noqa: TRY004 - pydantic reports only ValueError as invalid
+                "time must be a string: an RFC 3339 date-time with an offset"
+            )
+        if value.strip().replace(".", "", 1).isdigit():
+            raise ValueError("time must be an RFC 3339 date-time with an offset, not a number")
+        return value
+
     @field_validator("time")
     @classmethod
     def _plausible_utc_time(cls, value: datetime) -> datetime:
-        """Normalised to UTC; years 1970-9998 only (so every offset converts safely)."""
+        """Normalised to UTC; years 1970-9998 only, as written (so every offset converts
+        safely) and in UTC (``1970-01-01T00:00:00+14:00`` is 1969: its period could not be
+        named in a billing event)."""
         if not MIN_YEAR <= value.year <= MAX_YEAR:
             raise ValueError(f"time must fall in the years {MIN_YEAR}-{MAX_YEAR}")
-        return value.astimezone(UTC)
+        utc = value.astimezone(UTC)
+        if not MIN_YEAR <= utc.year <= MAX_YEAR:
+            raise ValueError(f"time must fall in the years {MIN_YEAR}-{MAX_YEAR} in UTC")
+        return utc
 
 
 UsageEvent = UsageEventV1

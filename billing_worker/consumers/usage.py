@@ -54,11 +54,36 @@ def parse_usage_event(body: bytes, content_type: str | None) -> UsageEvent:
             reason="unsupported_content_type",
         )
     try:
-        return UsageEvent.model_validate_json(body)
+        event = UsageEvent.model_validate_json(body)
     except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
+        errors = exc.errors(include_url=False)
+        if any(e["type"] == "json_invalid" and "recursion limit" in e["msg"] for e in errors):
+            raise SchemaViolation(
+                "nested deeper than a usage event can be (data fields are flat scalars): "
+                f"{describe_validation_error(exc)}"
+            ) from exc
+        if any(e["type"] == "json_invalid" for e in errors):
             raise InvalidJson(f"body is not UTF-8 JSON: {describe_validation_error(exc)}") from exc
         raise SchemaViolation(describe_validation_error(exc)) from exc
+    # JSON can carry NUL only escaped; the search is cheap, the walk rare.
+    if b"\\u0000" in body:
+        _refuse_nul_characters(event)
+    return event
+
+
+def _refuse_nul_characters(event: UsageEvent) -> None:
+    """PostgreSQL text can't hold NUL: refuse it here, naming the fields, rather than have
+    the database refuse the whole batch, which is then bisected down to this event."""
+    envelope = {"id": event.id, "source": event.source, "subject": event.subject}
+    envelope["dataschema"] = event.dataschema or ""
+    bad = [name for name, value in envelope.items() if "\x00" in value]
+    for key, value in event.data.dimensions.items():
+        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+            bad.append(f"data[{key!r}]")
+    if bad:
+        raise SchemaViolation(
+            f"{', '.join(bad)}: NUL characters (\\u0000) are not allowed in strings"
+        )
 
 
 class UsageConsumer:

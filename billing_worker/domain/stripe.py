@@ -40,6 +40,14 @@ class UnresolvedAccount(PermanentError):
         super().__init__(detail, reason="unknown_account")
 
 
+class AccountMismatch(PermanentError):
+    """The event implies two accounts (its names, its customer's, its object's): it is
+    dead-lettered rather than let it move one account's customer or money to another."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, reason="account_mismatch")
+
+
 class UnknownPrice(PermanentError):
     """A Stripe price id the price book does not map (fix the book, then replay)."""
 

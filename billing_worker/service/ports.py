@@ -208,6 +208,10 @@ class StripeStore(Protocol):
         """The account a Stripe customer is linked to."""
         ...
 
+    async def subscription_account(self, subscription_id: str) -> str | None:
+        """The account a Stripe subscription is kept under."""
+        ...
+
     async def save_subscription(self, terms: SubscriptionTerms, account: str, plan: str) -> None:
         """Keep the subscription's current state."""
         ...

@@ -18,6 +18,7 @@ from billing_worker.domain.pricebook import CreditSource, PriceBook
 from billing_worker.domain.stripe import (
     ENDED_STATUSES,
     OFF_STATUSES,
+    AccountMismatch,
     InvalidStripeEvent,
     StripeEvent,
     UnknownPrice,
@@ -110,18 +111,39 @@ async def apply_stripe_event(
 
 
 async def _account_of(
-    uow: UnitOfWork, event: StripeEvent, *candidates: str | None, create_on: str
+    uow: UnitOfWork,
+    event: StripeEvent,
+    *candidates: str | None,
+    create_on: str,
+    recorded: str | None = None,
 ) -> str:
-    """The first named account, else the account of the object's customer; created if new."""
-    for candidate in candidates:
-        if candidate:
-            await uow.accounts.create(candidate, create_on)
-            return candidate
+    """The account the event names, else its customer's (or ``recorded``); created if new.
+
+    Every account the event implies must be one and the same: those it names, the one its
+    customer is linked to, and ``recorded``, the one its object is already kept under.
+    Otherwise a genuinely signed event (metadata set wrongly, a ``client_reference_id``
+    taken from a payment link) could hand one account's customer, subscription, payments
+    or credits to another; it is refused instead, changing nothing.
+    """
     customer = text(event.obj, "customer")
-    if customer is not None:
-        linked = await uow.stripe.customer_account(customer)
-        if linked is not None:
-            return linked
+    linked = await uow.stripe.customer_account(customer) if customer is not None else None
+    named = [candidate for candidate in candidates if candidate]
+    claims = [("the event names", account) for account in named]
+    if linked is not None:
+        claims.append((f"customer {customer} is linked to", linked))
+    if recorded is not None:
+        claims.append((f"{event.object_type} {event.object_id} is kept under", recorded))
+    if len({account for _, account in claims}) > 1:
+        raise AccountMismatch(
+            f"{event.event_type} {event.event_id}: the accounts it implies differ: "
+            + "; ".join(f"{source} {account}" for source, account in claims)
+            + ". A customer moves only by its own metadata.account_id (customer.updated)"
+        )
+    if named:
+        await uow.accounts.create(named[0], create_on)
+        return named[0]
+    if claims:
+        return claims[0][1]
     raise UnresolvedAccount(
         f"{event.event_type} {event.event_id}: {event.object_type} {event.object_id} names no "
         "account (metadata.account_id) and its customer "
@@ -151,7 +173,11 @@ async def _customer(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: d
 async def _subscription(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:
     terms = subscription_terms(event.obj)
     account = await _account_of(
-        uow, event, metadata_account(event.obj), create_on=book.default_plan
+        uow,
+        event,
+        metadata_account(event.obj),
+        create_on=book.default_plan,
+        recorded=await uow.stripe.subscription_account(terms.subscription_id),
     )
     if terms.customer is not None:
         await uow.stripe.link_customer(terms.customer, account)

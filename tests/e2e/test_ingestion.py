@@ -32,7 +32,7 @@ MALFORMED: list[tuple[bytes, str | None, str]] = [
     (encode(event("bad-future", time="2999-01-01T00:00:00Z")), None, "time_in_future"),
     (encode(event("bad-ctype")), "text/plain", "unsupported_content_type"),
     (b'{"pad": "' + b"x" * 70_000 + b'"}', None, "too_large"),
-    (encode(event("bad-nul", data={"model": "gpt\u00004"})), None, "unprocessable"),
+    (encode(event("bad-nul", data={"model": "gpt\u00004"})), None, "schema_violation"),
 ]
 
 

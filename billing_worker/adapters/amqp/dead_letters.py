@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +13,8 @@ import aio_pika
 import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange
+from pamqp import encode
+from pamqp.common import FieldValue
 from prometheus_client import Counter
 
 from billing_worker.adapters.amqp.billing_events import billing_event_message
@@ -22,6 +26,39 @@ log = structlog.get_logger(__name__)
 MAX_DETAIL_CHARS = 1000
 REASON_HEADER = "x-billing-reason"
 DETAIL_HEADER = "x-billing-detail"
+SHORT_STRING_BYTES = 255
+
+
+def encodable(value: FieldValue) -> FieldValue:
+    """A header value as it can be published again.
+
+    What the client decodes is not always what it can encode: a long string that is not
+    UTF-8 arrives as ``bytes`` (kept, as a byte array), a double as a ``float`` that is
+    encoded as a 32-bit one (kept as text when it does not fit), a decimal whose mantissa
+    does not fit 32 signed bits (text). Without this, such a header would fail every
+    attempt to dead-letter its message, which would go back to the queue for ever.
+    """
+    if isinstance(value, dict):
+        return {str(key): encodable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [encodable(item) for item in value]
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    try:
+        encode.encode_table_value(value)
+    except (TypeError, ValueError, OverflowError, struct.error):
+        return str(value)
+    return value
+
+
+def _short(value: str | None) -> str | None:
+    """A property that must fit a short string (255 bytes) when encoded again; decoding
+    may have widened bytes that were not UTF-8 into three-byte replacement characters."""
+    if value is None or len(value.encode()) <= SHORT_STRING_BYTES:
+        return value
+    return value.encode()[:SHORT_STRING_BYTES].decode("utf-8", "ignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +127,7 @@ class DeadLetterPublisher:
 
     async def _publish_one(self, dlq: str, queue: str, letter: DeadLetter) -> None:
         original = letter.message
-        headers = dict(original.headers or {})
+        headers = {str(key): encodable(value) for key, value in (original.headers or {}).items()}
         headers.update(
             {
                 REASON_HEADER: letter.reason,
@@ -103,13 +140,13 @@ class DeadLetterPublisher:
         message = aio_pika.Message(
             body=original.body,
             headers=headers,
-            content_type=original.content_type,
-            content_encoding=original.content_encoding,
-            message_id=original.message_id,
-            correlation_id=original.correlation_id,
+            content_type=_short(original.content_type),
+            content_encoding=_short(original.content_encoding),
+            message_id=_short(original.message_id),
+            correlation_id=_short(original.correlation_id),
             timestamp=original.timestamp,
-            type=original.type,
-            app_id=original.app_id,
+            type=_short(original.type),
+            app_id=_short(original.app_id),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         async with self._window:

@@ -41,6 +41,14 @@ def alembic_config(url: URL) -> Config:
     return config
 
 
+class SchemaNotReady(Exception):
+    """The database or its schema is missing or behind, and this role may not fix it."""
+
+
+def _refused(exc: BaseException) -> bool:
+    return isinstance(getattr(exc, "orig", None), psycopg.errors.InsufficientPrivilege)
+
+
 def redacted(url: str | URL) -> str:
     """The URL with any password masked, safe to log."""
     return make_url(url).render_as_string(hide_password=True)
@@ -71,6 +79,12 @@ def ensure_database(url: URL) -> bool:
                     psycopg.errors.DuplicateDatabase | psycopg.errors.UniqueViolation,
                 ):
                     return False
+                if _refused(exc):
+                    raise SchemaNotReady(
+                        f"database {url.database!r} does not exist and role {url.username!r} "
+                        "may not create it: create it, then run `billing-worker migrate` "
+                        "as its owner"
+                    ) from exc
                 raise
             log.info("database_created", database=url.database)
             return True
@@ -79,16 +93,36 @@ def ensure_database(url: URL) -> bool:
 
 
 def migrate(url: URL) -> str | None:
-    """Bring the schema to the newest revision; return it. Replicas serialise on a lock."""
+    """Bring the schema to the newest revision; return it. Replicas serialise on a lock.
+
+    A schema already at the newest revision is left alone after one read of its version,
+    so a runtime role without DDL rights starts once the owner has migrated; behind it,
+    such a role gets ``SchemaNotReady`` naming both revisions, not a half-run migration.
+    """
     config = alembic_config(url)
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            conn.commit()
+            if current is not None and current == head_revision():
+                log.info("database_migrated", revision=current)
+                return current
             conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
             conn.commit()
             try:
                 config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+                try:
+                    command.upgrade(config, "head")
+                except Exception as exc:
+                    conn.rollback()  # so the lock can be released on this connection
+                    if _refused(exc):
+                        raise SchemaNotReady(
+                            f"the schema is at revision {current or '(none)'}, this worker "
+                            f"needs {head_revision()}, and role {url.username!r} may not "
+                            "change it: run `billing-worker migrate` as the database owner"
+                        ) from exc
+                    raise
                 conn.commit()
                 head = MigrationContext.configure(conn).get_current_revision()
             finally:

@@ -51,6 +51,8 @@ LINK_CUSTOMER = text("""
 
 CUSTOMER_ACCOUNT = text("SELECT account_id FROM stripe_customers WHERE customer_id = :customer")
 
+SUBSCRIPTION_ACCOUNT = text("SELECT account_id FROM subscriptions WHERE subscription_id = :id")
+
 UPSERT_SUBSCRIPTION = text("""
     INSERT INTO subscriptions (subscription_id, account_id, customer_id, price_id, plan, status,
                                current_period_start, current_period_end,
@@ -143,6 +145,11 @@ class PostgresStripe:
     async def customer_account(self, customer: str) -> str | None:
         """The account a Stripe customer is linked to."""
         row = (await self._conn.execute(CUSTOMER_ACCOUNT, {"customer": customer})).first()
+        return str(row[0]) if row is not None else None
+
+    async def subscription_account(self, subscription_id: str) -> str | None:
+        """The account a Stripe subscription is kept under."""
+        row = (await self._conn.execute(SUBSCRIPTION_ACCOUNT, {"id": subscription_id})).first()
         return str(row[0]) if row is not None else None
 
     async def save_subscription(self, terms: SubscriptionTerms, account: str, plan: str) -> None:

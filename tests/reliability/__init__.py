@@ -1,0 +1,1 @@
+"""Fault and hostile-input tests on the real services."""
