@@ -1,0 +1,46 @@
+"""For product services: publish usage to billing-worker and subscribe to its billing events.
+
+This package imports only aio-pika and :mod:`schemas` (and the broker names of the
+topology), never the worker's database, Stripe or observability code, so a service can
+use it without loading any of that.
+"""
+
+from billing_worker.client.billing_events import (
+    BillingEventHandler,
+    BillingEventSubscriber,
+    UnknownBillingEventType,
+    parse_billing_event,
+)
+from billing_worker.client.publisher import (
+    UsageNotPublished,
+    UsagePublisher,
+    UsageRefused,
+    UsageUnroutable,
+)
+from billing_worker.client.usage_event import (
+    DEFAULT_AMQP_URL,
+    InvalidUsageEvent,
+    UsagePublishError,
+    build_usage_event,
+    new_event_id,
+    usage_event_body,
+    usage_routing_key,
+)
+
+__all__ = [
+    "DEFAULT_AMQP_URL",
+    "BillingEventHandler",
+    "BillingEventSubscriber",
+    "InvalidUsageEvent",
+    "UnknownBillingEventType",
+    "UsageNotPublished",
+    "UsagePublishError",
+    "UsagePublisher",
+    "UsageRefused",
+    "UsageUnroutable",
+    "build_usage_event",
+    "new_event_id",
+    "parse_billing_event",
+    "usage_event_body",
+    "usage_routing_key",
+]
