@@ -21,6 +21,7 @@ import psycopg
 from billing_worker.bench.scratch import USAGE_ROUTING_KEY, Scratch, usage_message
 from billing_worker.bench.worker_process import WorkerProcess
 from billing_worker.bench.workload import usage_event
+from billing_worker.entrypoints.progress import progress
 
 POLL_SECONDS = 0.002
 TICK_SECONDS = 0.01
@@ -114,8 +115,10 @@ async def measure_latency(
         watcher.start()
         await publish_steadily(place, rate, duration, published, watcher.published)
         deadline = time.monotonic() + 30
-        while len(watcher.seen) < len(published) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with progress("waiting for commits", total=len(published), unit="event") as bar:
+            while len(watcher.seen) < len(published) and time.monotonic() < deadline:
+                bar.update(len(watcher.seen) - bar.n)
+                await asyncio.sleep(0.05)
         rss = worker.peak_rss_mb()
     finally:
         sys.setswitchinterval(previous_interval)
@@ -145,19 +148,22 @@ async def publish_steadily(
         pending: set[asyncio.Future[Any]] = set()
         start = time.monotonic()
         sent = 0
-        while (elapsed := time.monotonic() - start) < duration:
-            due = int(elapsed * rate) - sent
-            for _ in range(due):
-                event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-                body = usage_event(event_id, f"acct_{rng.randrange(1000)}", 100, datetime.now(UTC))
-                published[event_id] = sent_at = time.monotonic()
-                announce.put((event_id, sent_at))
-                task = asyncio.ensure_future(
-                    exchange.publish(usage_message(body), routing_key=USAGE_ROUTING_KEY)
-                )
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            sent += max(due, 0)
-            await asyncio.sleep(TICK_SECONDS)
+        with progress(f"publishing at {rate:g}/s", total=int(rate * duration), unit="event") as bar:
+            while (elapsed := time.monotonic() - start) < duration:
+                due = int(elapsed * rate) - sent
+                for _ in range(due):
+                    event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                    account = f"acct_{rng.randrange(1000)}"
+                    body = usage_event(event_id, account, 100, datetime.now(UTC))
+                    published[event_id] = sent_at = time.monotonic()
+                    announce.put((event_id, sent_at))
+                    task = asyncio.ensure_future(
+                        exchange.publish(usage_message(body), routing_key=USAGE_ROUTING_KEY)
+                    )
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                sent += max(due, 0)
+                bar.update(max(due, 0))
+                await asyncio.sleep(TICK_SECONDS)
         if pending:
             await asyncio.gather(*pending)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from billing_worker.bench.scratch import Scratch
+from billing_worker.entrypoints.progress import progress
 
 CHUNK = 1_000_000
 
@@ -48,9 +49,11 @@ def preload_ledger(place: Scratch, rows: int) -> None:
             "ON CONFLICT DO NOTHING"
         )
         remaining = rows
-        while remaining > 0:
-            chunk = min(CHUNK, remaining)
-            conn.execute(PRELOAD_CHUNK, {"rows": chunk})
-            remaining -= chunk
+        with progress("preloading the ledger", total=rows, unit="row") as bar:
+            while remaining > 0:
+                chunk = min(CHUNK, remaining)
+                conn.execute(PRELOAD_CHUNK, {"rows": chunk})
+                remaining -= chunk
+                bar.update(chunk)
         conn.execute(REBUILD_AGGREGATES)
         conn.execute("VACUUM ANALYZE")

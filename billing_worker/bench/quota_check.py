@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from billing_worker.bench.latency import TICK_SECONDS, publish_steadily
 from billing_worker.bench.scratch import Scratch
 from billing_worker.bench.worker_process import WorkerProcess
+from billing_worker.entrypoints.progress import progress
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -97,29 +98,33 @@ async def _ask_steadily(place: Scratch, rate: float, duration: float) -> tuple[l
         start = time.monotonic()
         asked = 0
         pending: set[asyncio.Future[Any]] = set()
-        while (elapsed := time.monotonic() - start) < duration:
-            due = int(elapsed * rate) - asked
-            for i in range(max(due, 0)):
-                correlation_id = uuid.uuid4().hex
-                body = b'{"account": "acct_%d", "meter": "tokens", "quantity": 100}' % (
-                    (asked + i) % 1000
-                )
-                sent[correlation_id] = time.monotonic()
-                task = asyncio.ensure_future(
-                    channel.default_exchange.publish(
-                        aio_pika.Message(
-                            body,
-                            content_type="application/json",
-                            correlation_id=correlation_id,
-                            reply_to=REPLY_TO,
-                        ),
-                        routing_key=place.topology.quota_check_queue,
+        with progress(
+            f"quota checks at {rate:g}/s", total=int(rate * duration), unit="check"
+        ) as bar:
+            while (elapsed := time.monotonic() - start) < duration:
+                due = int(elapsed * rate) - asked
+                for i in range(max(due, 0)):
+                    correlation_id = uuid.uuid4().hex
+                    body = b'{"account": "acct_%d", "meter": "tokens", "quantity": 100}' % (
+                        (asked + i) % 1000
                     )
-                )
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            asked += max(due, 0)
-            await asyncio.sleep(TICK_SECONDS)
+                    sent[correlation_id] = time.monotonic()
+                    task = asyncio.ensure_future(
+                        channel.default_exchange.publish(
+                            aio_pika.Message(
+                                body,
+                                content_type="application/json",
+                                correlation_id=correlation_id,
+                                reply_to=REPLY_TO,
+                            ),
+                            routing_key=place.topology.quota_check_queue,
+                        )
+                    )
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                asked += max(due, 0)
+                bar.update(max(due, 0))
+                await asyncio.sleep(TICK_SECONDS)
         deadline = time.monotonic() + 10
         while sent and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

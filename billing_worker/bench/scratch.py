@@ -15,6 +15,7 @@ from sqlalchemy import make_url
 
 from billing_worker.adapters.amqp.topology import Topology, declare_usage_topology
 from billing_worker.adapters.postgres.database import prepare_database
+from billing_worker.entrypoints.progress import progress
 
 PUBLISH_WINDOW = 256
 USAGE_ROUTING_KEY = "usage.bench.chat.tokens"
@@ -84,13 +85,16 @@ async def publish(amqp_url: str, exchange_name: str, bodies: Sequence[bytes]) ->
         exchange = await channel.get_exchange(exchange_name)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        for start in range(0, len(bodies), PUBLISH_WINDOW):
-            await asyncio.gather(
-                *(
-                    exchange.publish(usage_message(body), routing_key=USAGE_ROUTING_KEY)
-                    for body in bodies[start : start + PUBLISH_WINDOW]
+        with progress("publishing", total=len(bodies), unit="event") as bar:
+            for start in range(0, len(bodies), PUBLISH_WINDOW):
+                window = bodies[start : start + PUBLISH_WINDOW]
+                await asyncio.gather(
+                    *(
+                        exchange.publish(usage_message(body), routing_key=USAGE_ROUTING_KEY)
+                        for body in window
+                    )
                 )
-            )
+                bar.update(len(window))
         return loop.time() - started
 
 

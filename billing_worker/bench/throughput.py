@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import psycopg
+from tqdm import tqdm
 
 from billing_worker.bench.scratch import Scratch, publish, queue_depth
 from billing_worker.bench.worker_process import BatchStats, WorkerProcess
 from billing_worker.bench.workload import Workload
+from billing_worker.entrypoints.progress import progress
 
 POLL_SECONDS = 0.005
+PROGRESS_POLL_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +48,22 @@ async def measure_worker(
         channel = await connection.channel()
         worker = WorkerProcess(place, settings, log_path)
         try:
-            started = await _first_delivery(channel, place.topology.usage_queue, workload.total)
-            finished = await asyncio.to_thread(
-                _wait_for_event, place, workload.source, workload.last_event_id
-            )
+            with progress("worker draining the queue", total=workload.total, unit="event") as bar:
+                started = await _first_delivery(channel, place.topology.usage_queue, workload.total)
+                follow = None
+                if not bar.disable:
+                    follow = asyncio.create_task(
+                        _follow_queue(channel, place.topology.usage_queue, workload.total, bar)
+                    )
+                try:
+                    finished = await asyncio.to_thread(
+                        _wait_for_event, place, workload.source, workload.last_event_id
+                    )
+                finally:
+                    if follow is not None:
+                        follow.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await follow
             rss = worker.peak_rss_mb()
             batches = await asyncio.to_thread(worker.batch_stats)
         finally:
@@ -65,6 +82,16 @@ async def _first_delivery(channel: aio_pika.abc.AbstractChannel, queue: str, tot
             raise TimeoutError("the worker never took a delivery")
         await asyncio.sleep(POLL_SECONDS)
     return time.monotonic()
+
+
+async def _follow_queue(
+    channel: aio_pika.abc.AbstractChannel, queue: str, total: int, bar: tqdm[Any]
+) -> None:
+    """Move ``bar`` to the deliveries the worker has taken (cheap: a passive declare)."""
+    while True:
+        taken = total - await queue_depth(channel, queue)
+        bar.update(max(0, taken - bar.n))
+        await asyncio.sleep(PROGRESS_POLL_SECONDS)
 
 
 def _wait_for_event(place: Scratch, source: str, event_id: str, timeout: float = 600) -> float:

@@ -44,14 +44,34 @@ def build_parser() -> argparse.ArgumentParser:
         "namespaces and databases of the configured servers",
     )
     add_arguments(bench)
+    from billing_worker.chaos.command import add_arguments as add_chaos_arguments  # noqa: PLC0415
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="kill workers, restart private RabbitMQ and PostgreSQL servers, race replicas "
+        "and duplicates under load, then check that nothing was lost or doubled",
+    )
+    add_chaos_arguments(chaos)
     from billing_worker.entrypoints.operator import add_operator_commands  # noqa: PLC0415
 
     add_operator_commands(commands)
+    asyncapi = commands.add_parser(
+        "asyncapi", help="print the AsyncAPI 3.0 document of every channel and message"
+    )
+    asyncapi.add_argument("--output", metavar="FILE", help="write it to FILE instead")
     from billing_worker.entrypoints.invoicing_commands import (  # noqa: PLC0415
         add_invoicing_commands,
     )
 
     add_invoicing_commands(commands)
+    from billing_worker.entrypoints.demo import add_demo_command  # noqa: PLC0415
+
+    add_demo_command(commands)
+    from billing_worker.entrypoints.recovery_commands import (  # noqa: PLC0415
+        add_recovery_commands,
+    )
+
+    add_recovery_commands(commands)
     return parser
 
 
@@ -101,17 +121,22 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 def _migrate(settings: Settings) -> int:
     from billing_worker.adapters.postgres.database import (  # noqa: PLC0415 - keep --help fast
+        SchemaNotReady,
         prepare_database,
         redacted,
     )
 
     url = settings.database_url.get_secret_value()
-    revision = prepare_database(url)
+    try:
+        revision = prepare_database(url)
+    except SchemaNotReady as exc:
+        log.error("migrate_refused", database=redacted(url), error=str(exc))  # noqa: TRY400
+        return 1
     log.info("migrate_done", database=redacted(url), revision=revision)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command
     """Parse, load settings (failing fast and clearly), dispatch."""
     args = build_parser().parse_args(argv)
     try:
@@ -121,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # Commands that print a report keep their logs off stdout.
     logs_to = sys.stdout if args.command in ("run", "migrate", "stripe-relay") else sys.stderr
-    configure_logging(settings.log_level, logs_to)
+    configure_logging(settings.log_level, logs_to, secrets=settings.secret_values)
     if args.command == "run":
         return _run(settings)
     if args.command == "stripe-relay":
@@ -130,6 +155,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(args, settings)
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "chaos":
+        from billing_worker.chaos.command import run as run_chaos  # noqa: PLC0415 - keep --help fast
+
+        return _event_loop_run(run_chaos(args, settings))
+    if args.command == "demo":
+        from billing_worker.entrypoints.demo import run_demo  # noqa: PLC0415 - keep --help fast
+
+        return _event_loop_run(run_demo(args, settings))
+    if args.command == "asyncapi":
+        from billing_worker.contract.asyncapi import write_document  # noqa: PLC0415
+
+        return write_document(args.output)
+    if args.command in ("dlq", "verify", "rebuild"):
+        from billing_worker.entrypoints.recovery_commands import (  # noqa: PLC0415
+            run_recovery_command,
+        )
+
+        return _event_loop_run(run_recovery_command(args, settings))
     from billing_worker.entrypoints.operator import run_operator_command  # noqa: PLC0415
 
     return _event_loop_run(run_operator_command(args, settings))

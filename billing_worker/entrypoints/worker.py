@@ -20,15 +20,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from billing_worker import __version__
+from billing_worker.adapters.amqp.frame_decoding import install_total_decoders
 from billing_worker.adapters.amqp.subscription import QueueSubscription
 from billing_worker.adapters.amqp.topology import (
+    Topology,
     declare_quota_check_queue,
     declare_stripe_topology,
     declare_usage_topology,
 )
 from billing_worker.adapters.observability.http import HealthServer, Readiness, health_app
 from billing_worker.adapters.observability.metrics import Metrics
-from billing_worker.adapters.postgres.database import create_engine_for, prepare_database, redacted
+from billing_worker.adapters.postgres.database import (
+    SchemaNotReady,
+    create_engine_for,
+    prepare_database,
+    redacted,
+)
 from billing_worker.adapters.postgres.pricebooks import (
     PriceBookVersionConflict,
     register_pricebook,
@@ -107,7 +114,10 @@ class Worker:
         self.http.start()
         self._note_stripe()
         db_url = s.database_url.get_secret_value()
-        await self._within_startup_timeout("database", prepare_database, db_url)
+        try:
+            await self._within_startup_timeout("database", prepare_database, db_url)
+        except SchemaNotReady as exc:
+            raise StartupError(str(exc)) from exc
         self._engine = create_engine_for(db_url, pool_size=s.db_pool_size)
         # Quota checks read on connections of their own: behind the batch transactions
         # they would wait for whole batches.
@@ -116,6 +126,8 @@ class Worker:
             await register_pricebook(self._engine, self.book)
         except PriceBookVersionConflict as exc:
             raise StartupError(f"{exc} (BILLING_PRICEBOOK)") from exc
+        # Before any delivery is read: one odd header must not take the connection down.
+        install_total_decoders()
         self._connection = await self._connect_broker()
         consume_channel = await self._connection.channel(publisher_confirms=False)
         await consume_channel.set_qos(prefetch_count=s.effective_prefetch)
@@ -180,6 +192,7 @@ class Worker:
             return True
         self._stopped = True
         self.readiness.set("draining", False, "shutting down")
+        self.metrics.ready.set(0)
         drained = True
         if self._components is not None:
             grace = self.settings.shutdown_grace_seconds
@@ -290,6 +303,37 @@ class Worker:
         if stripe is not None and self._stripe_subscription is not None:
             ok = stripe.running and self._stripe_subscription.subscribed
             self.readiness.set("stripe_consumer", ok, "" if ok else "not subscribed")
+        self.metrics.ready.set(1 if self.readiness.ready else 0)
+        if broker_ok:
+            await self._count_dead_letters()
+
+    async def _count_dead_letters(self) -> None:
+        """Ready messages of each DLQ, for ``billing_dead_letter_messages``: passive
+        declares on a short-lived plain channel of the underlying connection. Not a robust
+        channel: one whose declare fails would be reopened and restored by aio-pika, which
+        disturbed the consumer's own recovery when its queue was deleted."""
+        transport = self._connection.transport if self._connection is not None else None
+        if transport is None:
+            return
+        topology = topology_for(self.settings)
+        queues = [topology.usage_queue]
+        if self._stripe_subscription is not None:
+            queues.append(topology.stripe_queue)
+        channel = None
+        try:
+            async with asyncio.timeout(PROBE_INTERVAL_SECONDS):
+                channel = await transport.connection.channel()
+                for queue in queues:
+                    dlq = Topology.dead_letter_queue(queue)
+                    declared = await channel.queue_declare(dlq, passive=True)
+                    self.metrics.dead_letters.labels(queue=dlq).set(declared.message_count or 0)
+        except (TimeoutError, OSError, RuntimeError, aio_pika.exceptions.AMQPError) as exc:
+            # RuntimeError: aiormq's ChannelInvalidStateError. Counted again next probe.
+            log.debug("dead_letter_count_failed", error=repr(exc))
+        finally:
+            if channel is not None and not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
 
     async def _publish_last_events(self, components: Components) -> None:
         """Publish what the drained batches wrote to the outbox, if the broker lets us."""
@@ -325,6 +369,7 @@ class Worker:
                     self.book,
                     as_of=datetime.now(UTC),
                     grace=grace,
+                    review=self.settings.invoice_review,
                 )
                 if closed:
                     log.info("periods_closed", invoices=len(closed))

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import admin
 from tests.e2e.conftest import (
+    USAGE_KEY,
     Bus,
     StartWorker,
     WorkerProcess,
@@ -210,7 +211,21 @@ async def test_queue_deleted_under_the_worker_is_redeclared_and_consumed(
             return False
 
     await wait_until(redeclared, timeout=30, what="the worker to redeclare its queue")
-    await bus.publish_all(events(30, "after"))
+    # The queue is redeclared a moment before its binding: until then a publish is
+    # unroutable and dropped by the broker, so each one is retried until it is routed.
+    channel = await bus.connection.channel(publisher_confirms=True, on_return_raises=True)
+    exchange = await channel.get_exchange(bus.name("billing.usage"))
+    for body in events(30, "after"):
+
+        async def routed(body: bytes = body) -> bool:
+            message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            try:
+                await exchange.publish(message, routing_key=USAGE_KEY, mandatory=True)
+            except aio_pika.exceptions.DeliveryError:
+                return False
+            return True
+
+        await wait_until(routed, timeout=30, what="the queue to be bound again")
     await wait_until(
         lambda: sample(worker, "billing_events_recorded_total") == 50,
         timeout=30,

@@ -16,12 +16,6 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.received = Counter(
-            "billing_events_received_total",
-            "Deliveries taken off a queue and settled (recorded, duplicate or rejected).",
-            ["queue"],
-            registry=r,
-        )
         self.recorded = Counter(
             "billing_events_recorded_total",
             "Events with an effect on the ledger.",
@@ -38,6 +32,14 @@ class Metrics:
             "billing_events_rejected_total",
             "Deliveries dead-lettered, by reason.",
             ["queue", "reason"],
+            registry=r,
+        )
+        # Registered after its outcomes, so a scrape reads them before it: settling counts
+        # the receipt first, so a scrape racing it can't show outcomes without receipts.
+        self.received = Counter(
+            "billing_events_received_total",
+            "Deliveries taken off a queue and settled (recorded, duplicate or rejected).",
+            ["queue"],
             registry=r,
         )
         self.requeued = Counter(
@@ -100,6 +102,18 @@ class Metrics:
             "billing_dependency_up",
             "1 while the dependency is reachable.",
             ["dependency"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "billing_ready",
+            "1 while /readyz answers 200: broker and database up, consumers subscribed, "
+            "not draining.",
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "billing_dead_letter_messages",
+            "Messages waiting in each dead-letter queue, as the broker last reported.",
+            ["queue"],
             registry=r,
         )
 

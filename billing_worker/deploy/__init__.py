@@ -1,0 +1,1 @@
+"""Deployment files: Prometheus scrape config and alert rules, the Grafana dashboard."""
