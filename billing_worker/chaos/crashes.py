@@ -73,6 +73,13 @@ async def _kill_at_random(
     return worker, mid_run
 
 
+# Transactions of the worker that have written something: batches in flight.
+OPEN_WRITES = """
+    SELECT count(*) FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL
+"""
+
+
 async def sigterm_under_load(opts: ChaosOptions, env: Environment) -> ScenarioReport:
     """SIGTERM while events pour in: each drain commits and acks what it took, exits 0.
 
@@ -110,12 +117,19 @@ async def sigterm_under_load(opts: ChaosOptions, env: Environment) -> ScenarioRe
 
 
 async def _sigterm_round(stage: Stage, worker: ChaosWorker, share: list[bytes]) -> dict[str, int]:
-    """Publish ``share`` to ``worker``, SIGTERM it half way, and read what it left behind."""
+    """Publish ``share`` to ``worker``; half way, as soon as it has a batch transaction open,
+    SIGTERM it; then read what it left behind."""
     await worker.wait_ready()
     half = stage.confirmed + len(share) // 2
     publishing = asyncio.create_task(stage.publish(share))
     try:
         await stage.until_confirmed(half)
+
+        async def mid_batch() -> bool:
+            # (if it caught up and went idle, signal anyway: the check will say so)
+            return await stage.scalar(OPEN_WRITES) > 0 or publishing.done()
+
+        await stage.until(mid_batch, "a batch transaction to be open")
         at_signal = await stage.recorded()
         worker.terminate()
         code = await worker.wait_exit()

@@ -67,7 +67,7 @@ class ProjectionChecks:
 def _on_psycopg(check: Callable[[psycopg.Connection], bool]) -> ProjectionCheck:
     def on_own_connection(database_url: str) -> bool:
         url = make_url(database_url).set(drivername="postgresql")
-        with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
+        with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
             return check(conn)
 
     async def run(database_url: str) -> bool:

@@ -43,14 +43,15 @@ class ConfirmedPublisher:
         stuck_since: float | None = None
         while pending:
             window, pending = pending[:WINDOW], pending[WINDOW:]
-            failed = await self._publish_window(window)
+            failed, sent_out = await self._publish_window(window)
             sent += len(window) - len(failed)
             self.confirmed += len(window) - len(failed)
             if failed:
                 stuck_since = stuck_since or time.monotonic()
                 if time.monotonic() - stuck_since > GIVE_UP_SECONDS:
                     raise ScenarioFailed("the broker confirmed nothing for too long")
-                self.republished += len(failed)
+                if sent_out:
+                    self.republished += len(failed)
                 pending = failed + pending
                 await self._disconnect()
                 await asyncio.sleep(RECONNECT_PAUSE_SECONDS)
@@ -63,12 +64,13 @@ class ConfirmedPublisher:
         """Close the connection, if any."""
         await self._disconnect()
 
-    async def _publish_window(self, window: list[bytes]) -> list[bytes]:
-        """Publish ``window`` concurrently; the bodies the broker did not confirm."""
+    async def _publish_window(self, window: list[bytes]) -> tuple[list[bytes], bool]:
+        """Publish ``window`` concurrently: the bodies the broker did not confirm, and
+        whether they were sent at all (not when there was no connection to send them on)."""
         try:
             exchange = await self._connected_exchange()
         except BROKER_ERRORS:
-            return window
+            return window, False
         results = await asyncio.gather(
             *(
                 exchange.publish(
@@ -84,7 +86,8 @@ class ConfirmedPublisher:
             ),
             return_exceptions=True,  # a lost connection fails (or cancels) each publish
         )
-        return [b for b, r in zip(window, results, strict=True) if isinstance(r, BaseException)]
+        failed = [b for b, r in zip(window, results, strict=True) if isinstance(r, BaseException)]
+        return failed, True
 
     async def _connected_exchange(self) -> AbstractExchange:
         if self._connection is None or self._connection.is_closed or self._exchange is None:

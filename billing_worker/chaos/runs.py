@@ -227,7 +227,7 @@ def _summarise(
         "dead_letters": len(dead_letters),
     }
     if stage.republished:
-        report.figures["republished_by_publisher"] = stage.republished
+        report.figures["resent_after_lost_confirms"] = stage.republished
 
 
 def _checks(

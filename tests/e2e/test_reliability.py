@@ -1,4 +1,8 @@
-"""Faults — database outage, broker connection loss, SIGTERM, SIGKILL — and still exactly once."""
+"""Faults — database outage, broker connection loss, SIGTERM, SIGKILL — and still exactly once.
+
+Quick, focused checks; the long scenarios, which end with every invariant (ledger, totals,
+billing events, dead letters, counters), are in ``tests/reliability/test_faults.py``.
+"""
 
 from __future__ import annotations
 

@@ -47,6 +47,13 @@ class PrivatePostgres:
         self._bin: Path | None = None
 
     @property
+    def data_directory(self) -> Path:
+        """The temporary directory holding the cluster (removed by ``close``)."""
+        if self._dir is None:
+            raise RuntimeError("server not started")
+        return self._dir
+
+    @property
     def server_url(self) -> str:
         """SQLAlchemy URL of the maintenance database."""
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
