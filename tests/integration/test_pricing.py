@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,29 +24,9 @@ from billing_worker.service.quota_check import UnknownMeter, check_quota
 from billing_worker.service.record_usage import record_usage_batch
 from tests.ledger_checks import aggregates_match_ledger, credit_balances_match_ledger
 from tests.pricebooks import DEFAULT_BOOK, FEATURES_BOOK
+from tests.records import NOW, usage
 
-NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 PERIOD = calendar_month_of(NOW)
-_ids = iter(range(1, 10**9))
-
-
-def usage(
-    event_type: str = "chat.tokens",
-    quantity: int | str = 10,
-    account: str = "acct_1",
-    *,
-    at: datetime = NOW,
-    **dimensions: Any,
-) -> UsageRecord:
-    return UsageRecord(
-        source="svc",
-        event_id=f"e{next(_ids)}",
-        event_type=event_type,
-        account=account,
-        occurred_at=at,
-        quantity=Decimal(quantity),
-        dimensions=dimensions,
-    )
 
 
 @pytest.fixture

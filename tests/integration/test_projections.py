@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -31,31 +30,11 @@ from billing_worker.service.invoices import close_due_periods, move_invoice
 from billing_worker.service.record_usage import record_usage_batch
 from tests.ledger_checks import aggregates_match_ledger, credit_balances_match_ledger
 from tests.pricebooks import FEATURES_BOOK
+from tests.records import NOW, usage
 
-NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 LAST_MONTH = NOW - timedelta(days=30)
 NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)
-_ids = iter(range(1, 10**9))
 SEAT_VALUES: list[Any] = ["u1", "u2", 7, 1e-05, 1e20, True, 'é\n"q"']
-
-
-def usage(
-    event_type: str = "chat.tokens",
-    quantity: int | str = 10,
-    account: str = "acct_1",
-    *,
-    at: datetime = NOW,
-    **dimensions: Any,
-) -> UsageRecord:
-    return UsageRecord(
-        source="svc",
-        event_id=f"e{next(_ids)}",
-        event_type=event_type,
-        account=account,
-        occurred_at=at,
-        quantity=Decimal(quantity),
-        dimensions=dimensions,
-    )
 
 
 @pytest.fixture
