@@ -79,9 +79,11 @@ def build_components(
 ) -> Components:
     """Wire the consumers and the outbox relay to the database and the broker."""
     topology = topology_for(settings)
+    clock = settings.clock
     relay = OutboxRelay(engine, publish_channel, topology.events_exchange, metrics)
     dead_letters = DeadLetterPublisher(
         publish_channel,
+        clock=clock,
         events_exchange=topology.events_exchange,
         notices={usage_queue.name: usage_rejected_notice},
         published=metrics.outbox_published,
@@ -95,6 +97,7 @@ def build_components(
         unit_of_work,
         book,
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+        clock=clock,
     )
     stripe_consumer = None
     secret = settings.stripe_webhook_secret
@@ -108,6 +111,7 @@ def build_components(
             # the relay's limit: what it accepted, the worker reads
             max_body_bytes=settings.stripe_relay_max_body_bytes,
             cycle_margin=CYCLE_MARGIN + timedelta(seconds=settings.max_clock_skew_seconds),
+            clock=clock,
         )
         stripe_consumer = BatchingConsumer(
             stripe_queue,
@@ -126,7 +130,12 @@ def build_components(
             batch_policy(settings),
         ),
         quota_check=QuotaCheckConsumer(
-            quota_queue, reply_exchange, PostgresUsageReader(quota_engine), book, metrics
+            quota_queue,
+            reply_exchange,
+            PostgresUsageReader(quota_engine),
+            book,
+            metrics,
+            clock=clock,
         ),
         relay=relay,
     )

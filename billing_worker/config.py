@@ -9,7 +9,10 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from billing_worker.adapters.clock import SystemClock
+
 ENV_PREFIX = "BILLING_"
+MAX_CLOCK_OFFSET = 20 * 366 * 86_400  # twenty years either way
 
 
 class ConfigError(Exception):
@@ -50,6 +53,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=30.0, gt=0, le=3600)
     startup_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    clock_offset_seconds: float = Field(default=0.0, ge=-MAX_CLOCK_OFFSET, le=MAX_CLOCK_OFFSET)
+    """Shift the worker's clock (tests and rehearsals of another day; 0 in production)."""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -81,6 +86,11 @@ class Settings(BaseSettings):
             *(s.get_secret_value() for s in (self.stripe_api_key, self.stripe_webhook_secret) if s),
         ]
         return [unquote(v) for v in values if v]
+
+    @property
+    def clock(self) -> SystemClock:
+        """The clock every part of this process reads the time from."""
+        return SystemClock.shifted_by(self.clock_offset_seconds)
 
     @property
     def effective_prefetch(self) -> int:

@@ -20,12 +20,27 @@ import structlog
 from sqlalchemy import make_url
 
 from billing_worker.adapters.postgres.database import prepare_database
+from tests.clock import TARGET_VARIABLE, now, travel_to
 from tests.pricebooks import DEFAULT_BOOK, FEATURES_BOOK, register
 
 SERVER_URL = os.environ.get(
     "BILLING_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 AMQP_URL = os.environ.get("BILLING_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``BILLING_TEST_NOW=TIME``: run the whole suite, and every worker it starts, as if it
+    were TIME (it goes on ticking from there)."""
+    target = os.environ.get(TARGET_VARIABLE)
+    if target:
+        travel_to(target)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which day the suite runs on, so a failure can be replayed on it."""
+    moved = " (BILLING_TEST_NOW)" if os.environ.get(TARGET_VARIABLE) else ""
+    return f"clock: {now().isoformat(timespec='seconds')}{moved}"
 
 
 def database_url_for(name: str) -> str:

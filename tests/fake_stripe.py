@@ -31,13 +31,14 @@ import itertools
 import json
 import re
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.clock import unix_now
 
 DEFAULT_API_KEY = "sk_test_fake_0123456789abcdef"
 
@@ -121,7 +122,7 @@ class FakeStripe:
         self._ids = itertools.count(1)
         self._request_ids = itertools.count(1)
         self._connections = 0
-        self._clock = itertools.count(int(time.time()))
+        self._clock = itertools.count(unix_now())
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 

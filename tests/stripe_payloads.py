@@ -26,10 +26,11 @@ import hashlib
 import hmac
 import json
 import secrets
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
+
+from tests.clock import unix_now
 
 API_VERSION: Final = "2024-06-20"
 """The ``api_version`` of every event, unless :func:`event` is told otherwise."""
@@ -596,7 +597,7 @@ def encode(evt: Mapping[str, Any], *, indent: int | None = None) -> bytes:
 def sign(payload: bytes, secret: str, *, timestamp: int | None = None) -> str:
     """The ``Stripe-Signature`` header of ``payload``: ``t=<ts>,v1=<hex>``, where ``<hex>`` is
     HMAC-SHA256 keyed with ``secret`` over ``b"<ts>." + payload``. ``timestamp`` defaults to
-    now (the SDK refuses signatures older than 5 minutes)."""
-    ts = int(time.time()) if timestamp is None else timestamp
+    the session's clock (``tests/clock.py``)."""
+    ts = unix_now() if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256)
     return f"t={ts},v1={mac.hexdigest()}"

@@ -9,10 +9,10 @@ import statistics
 import sys
 import tempfile
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from billing_worker.adapters.clock import SystemClock
 from billing_worker.bench.ceiling import measure_ceiling
 from billing_worker.bench.latency import measure_latency
 from billing_worker.bench.ledger_growth import preload_ledger
@@ -80,7 +80,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     prefetch = args.prefetch or settings.prefetch or (in_flight + 1) * batch
     header: dict[str, Any] = {
         "mode": args.mode,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": SystemClock.from_environment()().isoformat(timespec="seconds"),
         "worker_settings": overrides,
         "prefetch": prefetch,
         "worker_logs": str(logs),

@@ -11,13 +11,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import psycopg
 
+from billing_worker.adapters.clock import SystemClock
 from billing_worker.bench.scratch import USAGE_ROUTING_KEY, Scratch, usage_message
 from billing_worker.bench.worker_process import WorkerProcess
 from billing_worker.bench.workload import usage_event
@@ -148,13 +148,14 @@ async def publish_steadily(
         pending: set[asyncio.Future[Any]] = set()
         start = time.monotonic()
         sent = 0
+        clock = SystemClock.from_environment()
         with progress(f"publishing at {rate:g}/s", total=int(rate * duration), unit="event") as bar:
             while (elapsed := time.monotonic() - start) < duration:
                 due = int(elapsed * rate) - sent
                 for _ in range(due):
                     event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
                     account = f"acct_{rng.randrange(1000)}"
-                    body = usage_event(event_id, account, 100, datetime.now(UTC))
+                    body = usage_event(event_id, account, 100, clock())
                     published[event_id] = sent_at = time.monotonic()
                     announce.put((event_id, sent_at))
                     task = asyncio.ensure_future(

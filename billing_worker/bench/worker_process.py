@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from billing_worker.adapters.clock import OFFSET_VARIABLE
 from billing_worker.bench.scratch import Scratch
 
 
@@ -34,8 +35,11 @@ class BatchStats:
 
 
 def spawn_worker(variables: dict[str, str], log: BinaryIO) -> subprocess.Popen[bytes]:
-    """``billing-worker run`` in a child process with exactly these BILLING_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    """``billing-worker run`` in a child process with exactly these BILLING_* variables,
+    on this process's clock (its BILLING_CLOCK_OFFSET_SECONDS, unless ``variables`` say)."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("BILLING_") or k == OFFSET_VARIABLE
+    }
     env.update(variables)
     return subprocess.Popen(
         [sys.executable, "-m", "billing_worker", "run"],

@@ -6,7 +6,9 @@ import json
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+
+from billing_worker.adapters.clock import SystemClock
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,7 @@ def build_workload(
         raise ValueError("duplicate ratio must be in [0, 1)")
     rng = random.Random(seed)
     if now is None:
-        now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+        now = SystemClock.from_environment()().replace(microsecond=0) - timedelta(minutes=1)
     unique = max(1, round(events * (1 - duplicate_ratio)))
     originals = [
         usage_event(

@@ -14,8 +14,10 @@ import json
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
+
+from billing_worker.adapters.clock import SystemClock
 
 SOURCE = "chaos"
 TOKENS_TYPE, API_CALL_TYPE = "chat.tokens", "api.call"
@@ -126,7 +128,7 @@ def build_workload(shape: WorkloadShape, *, now: datetime | None = None) -> Work
     some in later ones, some at another replica.
     """
     rng = random.Random(shape.seed)  # noqa: S311 - a reproducible workload, not a secret
-    when = now or datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    when = now or SystemClock.from_environment()().replace(microsecond=0) - timedelta(minutes=1)
     accounts = [f"acct_chaos_{i}" for i in range(shape.accounts)]
     hot, cold = accounts[: shape.hot_accounts], accounts[shape.hot_accounts :] or accounts
     events = []

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 
 import aio_pika
 import structlog
@@ -23,6 +21,7 @@ from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.consumers.usage import describe_validation_error
 from billing_worker.domain.errors import PermanentError, TransientError
 from billing_worker.domain.pricebook import PriceBook
+from billing_worker.service.ports import Clock
 from billing_worker.service.quota_check import UsageReader, check_quota
 from schemas.quota_check import QuotaCheckError, QuotaCheckReply, QuotaCheckRequest
 
@@ -42,7 +41,7 @@ class QuotaCheckConsumer:
         book: PriceBook,
         metrics: Metrics,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock,
     ) -> None:
         self._queue = queue
         self._exchange = reply_exchange

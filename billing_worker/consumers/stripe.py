@@ -10,10 +10,9 @@ transaction, in delivery order (see ``service/stripe_events.py``).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import orjson
 import stripe
@@ -24,7 +23,7 @@ from billing_worker.consumers.settlement import Outcome, Settled
 from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.stripe import StripeEvent, parse_stripe_event
-from billing_worker.service.ports import UnitOfWorkFactory
+from billing_worker.service.ports import Clock, UnitOfWorkFactory
 from billing_worker.service.stripe_events import CYCLE_MARGIN, StripeOutcome, apply_stripe_event
 
 SIGNATURE_HEADER = "stripe-signature"
@@ -50,7 +49,7 @@ class StripeConsumer:
         tolerance_seconds: int,
         events: Counter,
         max_body_bytes: int = 1024 * 1024,
-        clock: Callable[[], float] = time.time,
+        clock: Clock,
         cycle_margin: timedelta = CYCLE_MARGIN,
     ) -> None:
         self._max_body_bytes = max_body_bytes
@@ -90,7 +89,7 @@ class StripeConsumer:
                 f"signature does not verify: {_first_line(exc)}", reason="bad_signature"
             ) from None
         received = _relayed_at(message.headers.get(RELAYED_AT_HEADER))
-        age = (received if received is not None else self._clock()) - signed_at
+        age = (received if received is not None else self._clock().timestamp()) - signed_at
         if age > self._tolerance:
             raise PermanentError(
                 f"signed {age:.0f}s before it reached the relay, more than the "
@@ -115,7 +114,7 @@ class StripeConsumer:
                     self._uow_factory,
                     self._book,
                     event,
-                    now=datetime.now(UTC),
+                    now=self._clock(),
                     cycle_margin=self._cycle_margin,
                 )
             except PermanentError as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import orjson
 from pydantic import ValidationError
@@ -22,7 +22,7 @@ from billing_worker.domain.errors import (
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.usage import UsageOutcome, UsageRecord, check_not_in_future
 from billing_worker.service.events import usage_rejected
-from billing_worker.service.ports import OutgoingEvent, UnitOfWorkFactory
+from billing_worker.service.ports import Clock, OutgoingEvent, UnitOfWorkFactory
 from billing_worker.service.record_usage import record_usage_batch
 from schemas.usage import UsageEvent
 
@@ -95,7 +95,7 @@ class UsageConsumer:
         book: PriceBook,
         *,
         max_clock_skew: timedelta,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock,
     ) -> None:
         self._uow_factory = uow_factory
         self._book = book
@@ -149,7 +149,7 @@ def _readable(value: object) -> str | None:
     return value[:256] if isinstance(value, str) and value else None
 
 
-def usage_rejected_notice(queue: str, letter: DeadLetter) -> OutgoingEvent:
+def usage_rejected_notice(queue: str, letter: DeadLetter, at: datetime) -> OutgoingEvent:
     """``usage.rejected`` for a dead-lettered usage delivery.
 
     Whatever of ``source``, ``id``, ``type`` and ``subject`` can be read from the body is
@@ -172,5 +172,5 @@ def usage_rejected_notice(queue: str, letter: DeadLetter) -> OutgoingEvent:
         original_type=_readable(fields.get("type")),
         account=_readable(fields.get("subject")),
         body_digest=hashlib.sha256(body).hexdigest(),
-        at=datetime.now(UTC),
+        at=at,
     )

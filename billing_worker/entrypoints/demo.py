@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any, TextIO
 
 import aio_pika
@@ -88,7 +88,7 @@ async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     except PriceBookError as exc:
         sys.stderr.write(f"billing-worker: invalid price book (BILLING_PRICEBOOK): {exc}\n")
         return 2
-    period = demo_period(datetime.now(UTC), timedelta(seconds=settings.close_grace_seconds))
+    period = demo_period(settings.clock(), timedelta(seconds=settings.close_grace_seconds))
     day = args.day or (period.start + timedelta(days=14)).date()
     if not period.start.date() <= day < period.end.date():
         sys.stderr.write(
@@ -205,7 +205,7 @@ class Demo:
             plan=plan.name,
             cause="operator",
             change_id=f"demo:{self.account}",
-            now=datetime.now(UTC),
+            now=self.settings.clock(),
         )
         self.say(f"   {self.account}, plan {plan.name}: {plan.price} {plan.currency} a month")
         if terms is not None and terms.limit is not None:
@@ -262,7 +262,7 @@ class Demo:
         closed = await close_due_periods(
             self._unit_of_work,
             self.book,
-            as_of=datetime.now(UTC),
+            as_of=self.settings.clock(),
             grace=timedelta(seconds=self.settings.close_grace_seconds),
             account=self.account,
             review=review,
@@ -281,7 +281,7 @@ class Demo:
                 invoice_id=invoice_id,
                 status="open",
                 cause="operator",
-                now=datetime.now(UTC),
+                now=self.settings.clock(),
             )
         await self._wait_for(lambda: self.feed.has("invoice.ready"), "invoice.ready")
         return invoice_id

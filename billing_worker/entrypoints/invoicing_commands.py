@@ -78,7 +78,7 @@ async def run_invoicing_command(
     """Dispatch; return the exit status."""
     out = sys.stdout
     uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
-    now = datetime.now(UTC)
+    now = settings.clock()
     if args.command == "close-periods":
         closed = await close_due_periods(
             uow,

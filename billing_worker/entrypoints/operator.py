@@ -117,7 +117,7 @@ async def run_operator_command(args: argparse.Namespace, settings: Settings) -> 
     engine = create_engine_for(url, pool_size=1)
     try:
         await register_pricebook(engine, book)
-        now = datetime.now(UTC)
+        now = settings.clock()
         if args.command == "account" and args.action == "show":
             async with engine.connect() as conn:
                 return await show_account(

@@ -279,7 +279,10 @@ class StripeRelay:
             body,
             # When the delivery reached us: the worker measures the signature's age against
             # it, so a backlog in the queue never turns genuine deliveries into "replays".
-            headers={"stripe-signature": signature, "x-relayed-at": int(time.time())},
+            headers={
+                "stripe-signature": signature,
+                "x-relayed-at": int(self.settings.clock().timestamp()),
+            },
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )

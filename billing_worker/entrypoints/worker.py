@@ -7,7 +7,7 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -348,7 +348,9 @@ class Worker:
         while True:
             try:
                 expired = await expire_credits(
-                    lambda: PostgresUnitOfWork(self._engine_or_fail()), self.book, datetime.now(UTC)
+                    lambda: PostgresUnitOfWork(self._engine_or_fail()),
+                    self.book,
+                    self.settings.clock(),
                 )
                 if expired:
                     log.info("credits_expired", grants=expired)
@@ -367,7 +369,7 @@ class Worker:
                         self._engine_or_fail(), on_outbox_written=self._wake
                     ),
                     self.book,
-                    as_of=datetime.now(UTC),
+                    as_of=self.settings.clock(),
                     grace=grace,
                     review=self.settings.invoice_review,
                 )

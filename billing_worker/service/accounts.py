@@ -103,7 +103,7 @@ async def apply_plan_change(
     # grant can't interleave with the change that ends it.
     previous_plan: str | None = None
     previous_status: str | None = None
-    if not await uow.accounts.create(account, plan):
+    if not await uow.accounts.create(account, plan, now):
         before = await uow.accounts.get(account, lock=True)
         if before is None:  # pragma: no cover - accounts are never deleted
             raise UnknownAccount(f"account {account!r} vanished")
@@ -212,7 +212,7 @@ async def add_grant(
         raise PermanentError(
             f"expiry {expires_at.isoformat()} is not in the future", reason="invalid_grant"
         )
-    await uow.accounts.create(account, book.default_plan)
+    await uow.accounts.create(account, book.default_plan, now)
     return await uow.credits.add_grant(
         account=account,
         source=source,

@@ -17,6 +17,10 @@ from billing_worker.domain.quotas import PeriodUsage, ThresholdCrossing
 from billing_worker.domain.stripe import StripeEvent, SubscriptionTerms
 from billing_worker.domain.usage import AggregateDelta, IdempotencyKey, LedgerEntry, UsageRecord
 
+Clock = Callable[[], datetime]
+"""Where the time comes from: called for "now". The composition root hands every part the
+process's one clock; nothing reads the system time on its own."""
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingEvent:
@@ -65,8 +69,8 @@ class UsageStore(Protocol):
         """The content fingerprints already stored for ``keys``."""
         ...
 
-    async def ensure_accounts(self, accounts: Sequence[str], plan: str) -> None:
-        """Create the accounts that do not exist yet, on ``plan``."""
+    async def ensure_accounts(self, accounts: Sequence[str], plan: str, at: datetime) -> None:
+        """Create the accounts that do not exist yet, on ``plan``, as created ``at``."""
         ...
 
     async def period_calendars(self, accounts: Sequence[str]) -> Mapping[str, PeriodCalendar]:
@@ -152,8 +156,9 @@ class AccountStore(Protocol):
         until the transaction ends."""
         ...
 
-    async def create(self, account: str, plan: str) -> bool:
-        """Create the account on ``plan`` unless it exists; True if this call created it."""
+    async def create(self, account: str, plan: str, at: datetime) -> bool:
+        """Create the account on ``plan``, as created ``at``, unless it exists; True if this
+        call created it."""
         ...
 
     async def set_plan(self, account: str, plan: str, status: str, at: datetime) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from billing_worker.domain.credits import burn_credits, credit_charges
 from billing_worker.domain.periods import DEFAULT_CALENDAR, BillingPeriod, PeriodCalendar
@@ -20,12 +20,7 @@ from billing_worker.domain.usage import (
     ledger_entries_for,
 )
 from billing_worker.service.events import credit_alert, quota_alert
-from billing_worker.service.ports import UnitOfWork, UnitOfWorkFactory
-
-
-def utc_now() -> datetime:
-    """The wall clock, in UTC."""
-    return datetime.now(UTC)
+from billing_worker.service.ports import Clock, UnitOfWork, UnitOfWorkFactory
 
 
 async def record_usage_batch(
@@ -33,7 +28,7 @@ async def record_usage_batch(
     book: PriceBook,
     records: Sequence[UsageRecord],
     *,
-    clock: Callable[[], datetime] = utc_now,
+    clock: Clock,
 ) -> list[UsageOutcome]:
     """Claim keys, append ledger rows for new events, update aggregates, burn credits,
     write the quota and credit events to the outbox, commit.
@@ -58,7 +53,9 @@ async def record_usage_batch(
             claimed -= late
             new = [r for r in new if r.key not in late]
         if new:
-            await uow.usage.ensure_accounts(sorted({r.account for r in new}), book.default_plan)
+            await uow.usage.ensure_accounts(
+                sorted({r.account for r in new}), book.default_plan, clock()
+            )
             entries = ledger_entries_for(new, book, calendars)
             if entries:
                 await _apply(uow, book, entries, clock())

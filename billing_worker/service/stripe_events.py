@@ -115,6 +115,7 @@ async def _account_of(
     event: StripeEvent,
     *candidates: str | None,
     create_on: str,
+    now: datetime,
     recorded: str | None = None,
 ) -> str:
     """The account the event names, else its customer's (or ``recorded``); created if new.
@@ -140,7 +141,7 @@ async def _account_of(
             + ". A customer moves only by its own metadata.account_id (customer.updated)"
         )
     if named:
-        await uow.accounts.create(named[0], create_on)
+        await uow.accounts.create(named[0], create_on, now)
         return named[0]
     if claims:
         return claims[0][1]
@@ -158,7 +159,7 @@ async def _customer(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: d
             f"customer {event.object_id} has no metadata.account_id: set it when creating "
             "the customer"
         )
-    await uow.accounts.create(account, book.default_plan)
+    await uow.accounts.create(account, book.default_plan, now)
     if await uow.stripe.link_customer(str(event.object_id), account):
         await uow.accounts.append_entry(
             account,
@@ -177,6 +178,7 @@ async def _subscription(uow: UnitOfWork, book: PriceBook, event: StripeEvent, no
         event,
         metadata_account(event.obj),
         create_on=book.default_plan,
+        now=now,
         recorded=await uow.stripe.subscription_account(terms.subscription_id),
     )
     if terms.customer is not None:
@@ -282,6 +284,7 @@ async def _checkout(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: d
         text(session, "client_reference_id"),
         metadata_account(session),
         create_on=book.default_plan,
+        now=now,
     )
     customer = text(session, "customer")
     if customer is not None and await uow.stripe.link_customer(customer, account):
@@ -340,6 +343,7 @@ async def _invoice(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: da
         metadata_account(invoice),
         invoice_subscription_account(invoice),
         create_on=book.default_plan,
+        now=now,
     )
     kind = event.event_type.removeprefix("invoice.")
     ours = metadata_text(invoice, "billing_invoice_id")
@@ -397,7 +401,9 @@ async def _payment_intent(
     uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime
 ) -> str:
     intent = event.obj
-    account = await _account_of(uow, event, metadata_account(intent), create_on=book.default_plan)
+    account = await _account_of(
+        uow, event, metadata_account(intent), create_on=book.default_plan, now=now
+    )
     amount, currency = major_units(intent.get("amount"), intent.get("currency"))
     await uow.accounts.append_entry(
         account,
@@ -417,7 +423,9 @@ async def _payment_intent(
 
 async def _charge(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:
     charge = event.obj
-    account = await _account_of(uow, event, metadata_account(charge), create_on=book.default_plan)
+    account = await _account_of(
+        uow, event, metadata_account(charge), create_on=book.default_plan, now=now
+    )
     refunded, currency = major_units(charge.get("amount_refunded"), charge.get("currency"))
     # charge.refunded carries the running total refunded; the ledger takes the difference,
     # so partial refunds are each reversed once.

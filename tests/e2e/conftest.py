@@ -9,8 +9,9 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,40 @@ from billing_worker.adapters.pricebook_file import load_pricebook
 from billing_worker.bench.worker_process import spawn_worker
 from billing_worker.config import Settings
 from billing_worker.entrypoints.worker import Worker
+from tests.clock import now
 from tests.conftest import AMQP_URL
 
 USAGE_KEY = "usage.chat-service.chat.tokens"
 
 
+_test_started_at: list[datetime] = []
+
+
+@pytest.fixture(autouse=True)
+def test_started_at() -> Iterator[datetime]:
+    """When this test started, by the session's clock: the default time of its events, the
+    same however often a test builds one (an event built twice is a duplicate, never a
+    conflict)."""
+    _test_started_at.append(now().replace(microsecond=0))
+    yield _test_started_at[-1]
+    _test_started_at.pop()
+
+
+def event_time() -> str:
+    """The default ``time`` of this test's events (RFC 3339, Z)."""
+    moment = _test_started_at[-1] if _test_started_at else now().replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def event(event_id: str, **overrides: Any) -> dict[str, Any]:
-    """A valid usage event as a dict."""
+    """A valid usage event as a dict, happening when the test started."""
     body: dict[str, Any] = {
         "specversion": "1.0",
         "id": event_id,
         "source": "chat-service",
         "type": "chat.tokens",
         "subject": "acct_1",
-        "time": "2026-11-21T10:15:00Z",
+        "time": event_time(),
         "datacontenttype": "application/json",
         "data": {"quantity": 10, "model": "gpt-4"},
     }

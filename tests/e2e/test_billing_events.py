@@ -7,7 +7,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,14 +18,16 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from billing_worker.adapters.amqp import billing_events
 from billing_worker.adapters.postgres.database import create_engine_for
 from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.domain.periods import calendar_month_of
 from billing_worker.domain.usage import UsageRecord
 from billing_worker.service.record_usage import record_usage_batch
+from tests.clock import now
 from tests.e2e.conftest import Bus, StartWorker, encode, event, wait_until
 from tests.pricebooks import DEFAULT_BOOK
 
 
 def now_z() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return now().replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture
@@ -136,11 +137,11 @@ async def test_crash_between_commit_and_publish_publishes_once_by_id(  # noqa: P
         event_id="crash-1",
         event_type="chat.tokens",
         account="acct_c",
-        occurred_at=datetime.now(UTC),
+        occurred_at=now(),
         quantity=Decimal(100_000),
     )
     # the transaction commits, then "the process dies" before any relay runs
-    await record_usage_batch(lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, [record])
+    await record_usage_batch(lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, [record], clock=now)
     await engine.dispose()
     assert sql.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone() == (3,)
 
@@ -217,9 +218,9 @@ async def test_quota_check_answers_and_errors(
     await received(events_queue, 1)  # the 80% warning: usage is committed
     client = QuotaClient(bus)
     await client.start()
+    asked_at = now()
     reply = await client.ask(b'{"account": "acct_42", "meter": "tokens", "quantity": 2000}')
-    now = datetime.now(UTC)
-    next_month = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    next_month = calendar_month_of(asked_at).end
     assert reply == {
         "account": "acct_42",
         "meter": "tokens",
@@ -261,8 +262,8 @@ async def test_usage_closed_into_invoice_ready_on_the_bus(
     from billing_worker.service.invoices import close_due_periods  # noqa: PLC0415
 
     await start_worker()
-    now = datetime.now(UTC)
-    last_month = (now.replace(day=1) - timedelta(days=1)).replace(hour=12, microsecond=0)
+    moment = now()
+    last_month = (moment.replace(day=1) - timedelta(days=1)).replace(hour=12, microsecond=0)
     when = last_month.isoformat().replace("+00:00", "Z")
     for i, (kind, qty) in enumerate(
         [("generator.website_generated", 3), ("generator.image_generated", 2)]
@@ -282,7 +283,7 @@ async def test_usage_closed_into_invoice_ready_on_the_bus(
     closed = await close_due_periods(
         lambda: PostgresUnitOfWork(engine),
         DEFAULT_BOOK,
-        as_of=now,
+        as_of=moment,
         grace=timedelta(0),
         account="acct_i",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import psycopg
@@ -36,6 +37,12 @@ MALFORMED: list[tuple[bytes, str | None, str]] = [
 ]
 
 
+def in_paris(time: str) -> str:
+    """The same instant written with a +01:00 offset instead of Z."""
+    moment = datetime.fromisoformat(time.replace("Z", "+00:00"))
+    return moment.astimezone(timezone(timedelta(hours=1))).isoformat()
+
+
 async def test_mixed_stream_is_counted_exactly_once_and_explained(
     start_worker: StartWorker, bus: Bus, sql: psycopg.Connection
 ) -> None:
@@ -49,7 +56,7 @@ async def test_mixed_stream_is_counted_exactly_once_and_explained(
     duplicates = [
         {
             **e,
-            "time": "2026-11-21T11:15:00+01:00",
+            "time": in_paris(e["time"]),
             "data": {**e["data"], "quantity": str(e["data"]["quantity"])},
         }
         for e in valid[:60]

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +24,7 @@ from billing_worker.client import (
     UsageUnroutable,
 )
 from schemas import BillingEvent, UsageRejectedData, UsageRejectedEvent
+from tests.clock import now
 from tests.conftest import AMQP_URL
 from tests.e2e.conftest import Bus, StartWorker, sample, wait_until
 
@@ -81,7 +82,7 @@ async def test_retry_with_the_same_key_counts_once(
     """Publishing again with the same event_id and time, or republishing the returned event,
     is a duplicate: one ledger row, the others counted as duplicates."""
     worker = await start_worker()
-    at = datetime.now(UTC)
+    at = now()
     first = await usage.publish("chat.tokens", "acct_r", 5, event_id="req-7", time=at)
     again = await usage.publish("chat.tokens", "acct_r", 5, event_id="req-7", time=at)
     await usage.publish_event(first)
@@ -214,7 +215,7 @@ async def test_failing_handler_stops_and_the_event_stays_queued(
     event = UsageRejectedEvent(
         id="rej-1",
         subject="acct_1",
-        time=datetime.now(UTC),
+        time=now(),
         data=UsageRejectedData(
             reason="schema_violation",
             detail="data.quantity: negative",

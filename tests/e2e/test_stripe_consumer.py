@@ -3,7 +3,6 @@ deduplicated, ordered and applied; forged and replayed deliveries dead-lettered.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +10,7 @@ import aio_pika
 import psycopg
 
 from tests import stripe_payloads as sp
+from tests.clock import unix_now
 from tests.e2e.conftest import Bus, StartWorker, wait_until
 
 T0 = int(datetime(2026, 11, 20, tzinfo=UTC).timestamp())
@@ -64,7 +64,7 @@ async def test_verified_ordered_and_applied_end_to_end(
     await deliver(bus, subscription_event("updated", "active", T0 + 5))  # late
     forged = sp.encode(subscription_event("updated", "active", T0 + 20))
     await relay(bus, forged, sp.sign(forged, "whsec_not_the_secret"))
-    await deliver(bus, customer, signed_at=int(time.time()) - 3600)  # a replay
+    await deliver(bus, customer, signed_at=unix_now() - 3600)  # a replay
 
     def state() -> tuple[Any, ...] | None:
         return sql.execute(

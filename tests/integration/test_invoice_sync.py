@@ -45,7 +45,7 @@ async def closed_invoice(engine: AsyncEngine, sql: psycopg.Connection, customer:
         for i in range(3)
     ]
     uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
-    await record_usage_batch(uow, DEFAULT_BOOK, records)
+    await record_usage_batch(uow, DEFAULT_BOOK, records, clock=lambda: OCT)
     sql.execute(
         "INSERT INTO stripe_customers (customer_id, account_id) VALUES (%s, 'acct_s')", (customer,)
     )

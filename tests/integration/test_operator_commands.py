@@ -142,7 +142,9 @@ def test_close_show_explain_void_and_report(
             UsageRecord("web", f"w{i}", "generator.website_generated", "acct_9", at, Decimal(1))
             for i in range(3)
         ]
-        await record_usage_batch(lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, records)
+        await record_usage_batch(
+            lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, records, clock=lambda: at
+        )
         await engine.dispose()
 
     asyncio.run(seed())
@@ -192,7 +194,9 @@ def test_review_then_finalize(
         engine = create_engine_for(database_url, pool_size=1)
         at = datetime(2026, 10, 3, tzinfo=UTC)
         record = UsageRecord("web", "w1", "generator.website_generated", "acct_7", at, Decimal(1))
-        await record_usage_batch(lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, [record])
+        await record_usage_batch(
+            lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, [record], clock=lambda: at
+        )
         await engine.dispose()
 
     asyncio.run(seed())

@@ -21,6 +21,7 @@ from tests.ledger_checks import aggregates_match_ledger
 from tests.pricebooks import DEFAULT_BOOK
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 
 
 def usage(
@@ -47,7 +48,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def record(engine: AsyncEngine, records: list[UsageRecord]) -> list[UsageOutcome]:
-    return await record_usage_batch(lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, records)
+    return await record_usage_batch(
+        lambda: PostgresUnitOfWork(engine), DEFAULT_BOOK, records, clock=lambda: T0 + HOUR
+    )
 
 
 class TestRecordUsageBatch:

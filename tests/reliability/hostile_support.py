@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from pamqp import encode
 
 from billing_worker.consumers.usage import MAX_BODY_BYTES
+from tests.clock import now
 from tests.e2e.conftest import Bus, http_get, wait_until
 
 BOOK_EVENT_TYPES = frozenset(
@@ -157,7 +158,7 @@ class GoodTemplate:
 
 def past_time() -> str:
     """A moment safely in the worker's past, but in the open period."""
-    return (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    return (now() - timedelta(minutes=5)).isoformat()
 
 
 def base_event(event_id: str = "bad-1", **overrides: Any) -> dict[str, Any]:
@@ -325,7 +326,7 @@ def times_out_of_range(draw: st.DrawFn) -> Hostile:
     kind = draw(st.sampled_from(["future", "ancient", "far_future", "naive", "garbled"]))
     if kind == "future":
         ahead = draw(st.integers(600, 10**8))
-        value = (datetime.now(UTC) + timedelta(seconds=ahead)).isoformat()
+        value = (now() + timedelta(seconds=ahead)).isoformat()
         return Hostile(
             body=dumps(base_event(time=value)), reason="time_in_future", kind="time/future"
         )

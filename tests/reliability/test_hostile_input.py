@@ -26,6 +26,7 @@ from billing_worker.adapters.amqp.delivery import Delivery as AmqpDelivery
 from billing_worker.consumers.usage import UsageConsumer
 from billing_worker.domain.errors import PermanentError
 from billing_worker.entrypoints.worker import Worker
+from tests.clock import now
 from tests.e2e.conftest import (  # noqa: F401 - fixtures used by the tests below
     Bus,
     StartWorker,
@@ -78,7 +79,7 @@ def decoder() -> UsageConsumer:
     def no_storage() -> Any:
         raise AssertionError("decode must not touch storage")
 
-    return UsageConsumer(no_storage, DEFAULT_BOOK, max_clock_skew=timedelta(minutes=5))
+    return UsageConsumer(no_storage, DEFAULT_BOOK, max_clock_skew=timedelta(minutes=5), clock=now)
 
 
 def decode(consumer: UsageConsumer, delivery: Delivery) -> Any:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -34,6 +34,7 @@ from billing_worker.entrypoints import cli
 from billing_worker.entrypoints.stripe_relay import WEBHOOK_PATH, StripeRelay
 from billing_worker.entrypoints.worker import StartupError, Worker
 from tests import stripe_payloads as sp
+from tests.clock import now
 from tests.conftest import admin, database_url_for, drop_database, libpq_url
 from tests.e2e.conftest import wait_until, worker_settings
 from tests.readme_examples import readme_example
@@ -199,7 +200,7 @@ def counted(worker: Worker, name: str, queue: str = "billing-worker.usage") -> f
 
 
 def last_month() -> str:
-    first = datetime.now(UTC).replace(day=1, hour=12, minute=0, second=0, microsecond=0)
+    first = now().replace(day=1, hour=12, minute=0, second=0, microsecond=0)
     return (first - timedelta(days=15)).isoformat()
 
 

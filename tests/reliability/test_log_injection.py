@@ -11,7 +11,6 @@ escaped strings, so no forged record, control character or escape sequence reach
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import aio_pika
 import psycopg
 
 from tests import stripe_payloads as sp
+from tests.clock import unix_now
 from tests.conftest import AMQP_URL
 from tests.e2e.conftest import (  # noqa: F401 - fixtures used by the tests below
     Bus,
@@ -70,7 +70,7 @@ async def publish_usage(bus: Bus, body: bytes) -> None:
 
 async def relay_stripe(bus: Bus, event: dict[str, Any]) -> None:
     body = sp.encode(event)
-    now = int(time.time())
+    now = unix_now()
     headers = {"stripe-signature": sp.sign(body, sp.WEBHOOK_SECRET, timestamp=now)}
     exchange = await bus.channel.get_exchange(bus.name("billing.stripe"))
     await exchange.publish(

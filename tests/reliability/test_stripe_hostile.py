@@ -12,7 +12,6 @@ forged, a stale and an identical duplicate delivery; these add what only the wir
 from __future__ import annotations
 
 import struct
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +19,7 @@ import aio_pika
 import psycopg
 
 from tests import stripe_payloads as sp
+from tests.clock import unix_now
 from tests.e2e.conftest import (  # noqa: F401 - fixtures used by the tests below
     Bus,
     StartWorker,
@@ -52,7 +52,7 @@ async def deliver(bus: Bus, event: dict[str, Any], *, signed_at: int | None = No
     """A genuine delivery of ``event``, signed (now, unless told) and stamped as relayed
     at the same moment."""
     body = sp.encode(event, indent=2)
-    at = signed_at or int(time.time())
+    at = signed_at or unix_now()
     signature = sp.sign(body, sp.WEBHOOK_SECRET, timestamp=at)
     await relay(bus, body, {"stripe-signature": signature, "x-relayed-at": at})
 
@@ -115,7 +115,7 @@ class TestSignatureHeaders:
         worker = await start_worker(stripe_webhook_secret=sp.WEBHOOK_SECRET)
         event = sp.event("customer.created", sp.customer("cus_h", account_id="acct_h"), created=T0)
         body = sp.encode(event)
-        now = int(time.time())
+        now = unix_now()
         genuine = sp.sign(body, sp.WEBHOOK_SECRET, timestamp=now)
         cut = genuine.index("v1=") + 3
         bad_headers: list[Any] = [
@@ -177,7 +177,7 @@ class TestReplays:
         retried = {**first, "pending_webhooks": 3}  # Stripe's retry: same id, other bytes
         await deliver(bus, retried)
         # an old delivery put back on the queue with a relay stamp forged to match its age
-        await deliver(bus, first, signed_at=int(time.time()) - 3600)
+        await deliver(bus, first, signed_at=unix_now() - 3600)
         other = subscription_event(
             "created",
             "sub_r",

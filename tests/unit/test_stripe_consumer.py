@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
@@ -33,7 +34,7 @@ def consumer(metrics: Metrics, now: float = SIGNED_AT + 10) -> StripeConsumer:
         secret=sp.WEBHOOK_SECRET,
         tolerance_seconds=300,
         events=metrics.stripe_events,
-        clock=lambda: now,
+        clock=lambda: datetime.fromtimestamp(now, UTC),
     )
 
 

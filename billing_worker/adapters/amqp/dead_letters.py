@@ -7,7 +7,7 @@ import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import aio_pika
 import orjson
@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from billing_worker.adapters.amqp.billing_events import billing_event_message
 from billing_worker.adapters.amqp.delivery import Delivery
-from billing_worker.service.ports import OutgoingEvent
+from billing_worker.service.ports import Clock, OutgoingEvent
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +70,8 @@ class DeadLetter:
     detail: str
 
 
-RejectionNotice = Callable[[str, DeadLetter], OutgoingEvent]
-"""Builds the billing event announcing a rejection (``usage.rejected``) for a queue."""
+RejectionNotice = Callable[[str, DeadLetter, datetime], OutgoingEvent]
+"""Builds the billing event announcing a rejection (``usage.rejected``) for a queue, at a time."""
 
 
 class DeadLetterPublisher:
@@ -92,12 +92,14 @@ class DeadLetterPublisher:
         self,
         channel: AbstractChannel,
         *,
+        clock: Clock,
         window: int = 128,
         events_exchange: str | None = None,
         notices: Mapping[str, RejectionNotice] | None = None,
         published: Counter | None = None,
     ) -> None:
         self._channel = channel
+        self._clock = clock
         self._window = asyncio.Semaphore(window)
         self._events_exchange_name = events_exchange
         self._events_exchange: AbstractExchange | None = None
@@ -127,6 +129,7 @@ class DeadLetterPublisher:
 
     async def _publish_one(self, dlq: str, queue: str, letter: DeadLetter) -> None:
         original = letter.message
+        rejected_at = self._clock()
         headers = {str(key): encodable(value) for key, value in (original.headers or {}).items()}
         headers.update(
             {
@@ -134,7 +137,7 @@ class DeadLetterPublisher:
                 DETAIL_HEADER: letter.detail[:MAX_DETAIL_CHARS],
                 "x-billing-queue": queue,
                 "x-billing-routing-key": original.routing_key or "",
-                "x-billing-rejected-at": datetime.now(UTC).isoformat(),
+                "x-billing-rejected-at": rejected_at.isoformat(),
             }
         )
         message = aio_pika.Message(
@@ -153,7 +156,7 @@ class DeadLetterPublisher:
             await self._channel.default_exchange.publish(message, routing_key=dlq, mandatory=True)
             notice = self._notices.get(queue)
             if notice is not None and self._events_exchange_name is not None:
-                await self._announce(self._events_exchange_name, notice(queue, letter))
+                await self._announce(self._events_exchange_name, notice(queue, letter, rejected_at))
 
     async def _announce(self, exchange_name: str, event: OutgoingEvent) -> None:
         if self._events_exchange is None:

@@ -33,7 +33,7 @@ GET_ACCOUNT = text("""
 """)
 
 CREATE_ACCOUNT = text("""
-    INSERT INTO accounts (account_id, plan) VALUES (:account, :plan)
+    INSERT INTO accounts (account_id, plan, created_at) VALUES (:account, :plan, :at)
     ON CONFLICT (account_id) DO NOTHING
     RETURNING account_id
 """)
@@ -110,9 +110,12 @@ class PostgresAccounts:
         ).first()
         return _row(row) if row is not None else None
 
-    async def create(self, account: str, plan: str) -> bool:
-        """Create the account on ``plan`` unless it exists; True if this call created it."""
-        result = await self._conn.execute(CREATE_ACCOUNT, {"account": account, "plan": plan})
+    async def create(self, account: str, plan: str, at: datetime) -> bool:
+        """Create the account on ``plan``, as created ``at``, unless it exists; True if this
+        call created it."""
+        result = await self._conn.execute(
+            CREATE_ACCOUNT, {"account": account, "plan": plan, "at": at}
+        )
         return result.first() is not None
 
     async def set_plan(self, account: str, plan: str, status: str, at: datetime) -> None:

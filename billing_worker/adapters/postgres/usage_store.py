@@ -56,8 +56,8 @@ RELEASE_KEYS = text("""
 """)
 
 ENSURE_ACCOUNTS = text("""
-    INSERT INTO accounts (account_id, plan)
-    SELECT a.value, :plan FROM json_array_elements_text(CAST(:rows AS json)) AS a
+    INSERT INTO accounts (account_id, plan, created_at)
+    SELECT a.value, :plan, :at FROM json_array_elements_text(CAST(:rows AS json)) AS a
     ORDER BY a.value
     ON CONFLICT (account_id) DO NOTHING
 """)
@@ -211,11 +211,14 @@ class PostgresUsageStore:
         result = await self._conn.execute(STORED_FINGERPRINTS, {"rows": _json(rows)})
         return {(source, event_id): bytes(fp) for source, event_id, fp in result}
 
-    async def ensure_accounts(self, accounts: Sequence[str], plan: str) -> None:
-        """Create missing accounts on ``plan`` (skipping those known to exist)."""
+    async def ensure_accounts(self, accounts: Sequence[str], plan: str, at: datetime) -> None:
+        """Create missing accounts on ``plan``, as created ``at`` (skipping those known to
+        exist)."""
         unknown = self._known.unknown(accounts)
         if unknown:
-            await self._conn.execute(ENSURE_ACCOUNTS, {"rows": _json(unknown), "plan": plan})
+            await self._conn.execute(
+                ENSURE_ACCOUNTS, {"rows": _json(unknown), "plan": plan, "at": at}
+            )
             self.created_accounts.extend(unknown)
 
     async def period_calendars(self, accounts: Sequence[str]) -> dict[str, PeriodCalendar]:
