@@ -27,7 +27,7 @@ from billing_worker.adapters.amqp.dlq_actions import (
     replay,
     survey,
 )
-from billing_worker.entrypoints.operator import table
+from billing_worker.entrypoints.cli_support import table
 from billing_worker.entrypoints.progress import progress
 
 KNOWN_REASONS = frozenset(

@@ -17,7 +17,12 @@ from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
 from billing_worker.config import Settings
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from billing_worker.domain.pricebook import PriceBook
-from billing_worker.entrypoints.operator import table
+from billing_worker.entrypoints.cli_support import (
+    command_database,
+    configured_pricebook,
+    iso_time,
+    table,
+)
 from billing_worker.service.invoices import InvoiceNotFound, close_due_periods, move_invoice
 
 EXPLAIN_ENTRIES = 20
@@ -29,7 +34,7 @@ def add_invoicing_commands(commands: Any) -> None:
         "close-periods", help="close every due billing period into an invoice, now"
     )
     close.add_argument("--account", help="only this account")
-    close.add_argument("--as-of", type=_time, help="pretend it is this time (ISO 8601)")
+    close.add_argument("--as-of", type=iso_time, help="pretend it is this time (ISO 8601)")
     close.add_argument("--json", action="store_true", help="machine-readable output")
 
     invoice = commands.add_parser("invoice", help="look at an invoice or change its status")
@@ -55,16 +60,6 @@ def add_invoicing_commands(commands: Any) -> None:
     report.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _time(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"give a time zone (e.g. Z): {value!r}")
-    return moment.astimezone(UTC)
-
-
 def _month(value: str) -> datetime:
     try:
         return datetime.strptime(value, "%Y-%m").replace(tzinfo=UTC)
@@ -72,10 +67,17 @@ def _month(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not a month like 2026-11: {value!r}") from None
 
 
-async def run_invoicing_command(
+async def run_invoicing_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Dispatch; return the exit status. ``invoice show`` and ``report`` only read."""
+    book = configured_pricebook(settings)
+    reads_only = args.command == "report" or getattr(args, "action", None) == "show"
+    async with command_database(settings, book, writes=not reads_only) as engine:
+        return await _run(args, settings, book, engine)
+
+
+async def _run(
     args: argparse.Namespace, settings: Settings, book: PriceBook, engine: AsyncEngine
 ) -> int:
-    """Dispatch; return the exit status."""
     out = sys.stdout
     uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
     now = settings.clock()

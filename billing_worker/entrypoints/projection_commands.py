@@ -14,7 +14,6 @@ import sys
 from datetime import datetime
 from typing import Any, TextIO
 
-import psycopg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,44 +30,37 @@ from billing_worker.adapters.postgres.projections import (
 from billing_worker.config import Settings
 from billing_worker.domain.errors import TransientError
 from billing_worker.domain.pricebook import PriceBook
-from billing_worker.entrypoints.operator import table
+from billing_worker.entrypoints.cli_support import (
+    command_database,
+    configured_pricebook,
+    fail,
+    table,
+    write_json,
+)
 from billing_worker.entrypoints.progress import progress
-from billing_worker.entrypoints.recovery_commands import fail, write_json
 
 ACCOUNT_EXISTS = text("SELECT 1 FROM accounts WHERE account_id = :account")
 
 
 async def run_projection_command(args: argparse.Namespace, settings: Settings) -> int:
     """``verify`` or ``rebuild``; return the exit status."""
-    from billing_worker.adapters.postgres.database import (  # noqa: PLC0415 - keep --help fast
-        create_engine_for,
-        prepare_database,
-        redacted,
-    )
-    from billing_worker.entrypoints.cli import load_configured_pricebook  # noqa: PLC0415
+    from billing_worker.adapters.postgres.database import redacted  # noqa: PLC0415
 
-    book = load_configured_pricebook(settings)
-    if book is None:
-        return 2
+    book = configured_pricebook(settings)
     url = settings.database_url.get_secret_value()
     unreachable = f"cannot reach the database (BILLING_DATABASE_URL={redacted(url)})"
-    try:
-        prepare_database(url)
-    except (sa_exc.OperationalError, psycopg.OperationalError) as exc:
-        return fail(f"{unreachable}: {_first_line(exc)}")
-    engine = create_engine_for(url, pool_size=1)
-    try:
-        if args.account is not None and not await _exists(engine, args.account):
-            return fail(f"no account {args.account!r}")
-        if args.command == "verify":
-            return await _verify(engine, book, args.account, as_json=args.json, out=sys.stdout)
-        return await _rebuild(engine, book, args, out=sys.stdout)
-    except Exception as exc:
-        if isinstance(translate(exc), TransientError):
-            return fail(f"{unreachable}: {_first_line(exc)}")
-        raise
-    finally:
-        await engine.dispose()
+    writes = args.command == "rebuild" and args.yes
+    async with command_database(settings, book, writes=writes) as engine:
+        try:
+            if args.account is not None and not await _exists(engine, args.account):
+                return fail(f"no account {args.account!r}")
+            if args.command == "verify":
+                return await _verify(engine, book, args.account, as_json=args.json, out=sys.stdout)
+            return await _rebuild(engine, book, args, out=sys.stdout)
+        except Exception as exc:
+            if isinstance(translate(exc), TransientError):
+                return fail(f"{unreachable}: {_first_line(exc)}")
+            raise
 
 
 def _first_line(exc: BaseException) -> str:

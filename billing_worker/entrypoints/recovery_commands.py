@@ -9,12 +9,11 @@ the setting).
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import sys
-from typing import Any, TextIO
+from typing import Any
 
 from billing_worker.config import Settings
+from billing_worker.entrypoints.cli_support import fail
 
 REASON_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)?$")
 BROKER_TIMEOUT_SECONDS = 10.0
@@ -143,14 +142,3 @@ def redacted_amqp(url: str) -> str:
 
     parsed = URL(url)
     return str(parsed.with_password("***")) if parsed.password else url
-
-
-def fail(message: str, code: int = 2) -> int:
-    """Say what is wrong on stderr; return ``code``."""
-    sys.stderr.write(f"billing-worker: {message}\n")
-    return code
-
-
-def write_json(out: TextIO, report: object) -> None:
-    """One indented JSON document."""
-    out.write(json.dumps(report, indent=2) + "\n")

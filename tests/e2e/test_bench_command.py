@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
+from tests.clock import child_env
 from tests.conftest import AMQP_URL, database_url_for
 
 pytestmark = pytest.mark.slow
 
 
 def bench(*args: str) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env = child_env()
     env["BILLING_AMQP_URL"] = AMQP_URL
     env["BILLING_DATABASE_URL"] = database_url_for("billing_bench_test")
     result = subprocess.run(

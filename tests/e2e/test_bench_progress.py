@@ -17,6 +17,7 @@ import pytest
 
 from billing_worker.bench.scratch import publish, scratch
 from billing_worker.bench.workload import build_workload
+from tests.clock import child_env
 from tests.conftest import AMQP_URL, database_url_for
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,7 @@ def read_all(fd: int, into: bytearray) -> None:
 def test_bench_draws_bars_on_a_terminal_and_keeps_stdout_clean() -> None:
     """With stderr on a terminal, bench shows publishing and the worker draining the queue;
     stdout still carries only the report."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env = child_env()
     env.update(
         BILLING_AMQP_URL=AMQP_URL,
         BILLING_DATABASE_URL=database_url_for("billing_bench_test"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from billing_worker.adapters.pricebook_file import load_pricebook
 from billing_worker.domain.pricebook import PerUnit, PriceBook
 from billing_worker.domain.rating import round_money
 from billing_worker.entrypoints.demo_day import DemoDay, demo_day, demo_plan
+from tests.clock import child_env
 from tests.conftest import AMQP_URL, libpq_url
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_demo_shows_quota_events_and_prints_the_invoice(
     the price book gives for the day it published (with invoice review on, after
     finalizing the draft)."""
     account = f"demo-test-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env = child_env()
     env.update(
         BILLING_AMQP_URL=AMQP_URL,
         BILLING_DATABASE_URL=empty_database_url,
@@ -109,7 +109,7 @@ def test_demo_shows_quota_events_and_prints_the_invoice(
 
 def test_demo_refuses_a_day_it_could_not_close(empty_database_url: str, namespace: str) -> None:
     """A --day outside the latest closable period is refused before anything starts."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env = child_env()
     env.update(BILLING_DATABASE_URL=empty_database_url, BILLING_NAMESPACE=namespace)
     result = subprocess.run(
         [sys.executable, "-m", "billing_worker", "demo", "--day", "2001-01-15"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import shutil
 import signal
 import socket
@@ -22,6 +21,7 @@ import pytest
 
 from billing_worker.config import Settings
 from billing_worker.entrypoints.stripe_relay import WEBHOOK_PATH, StripeRelay
+from tests.clock import child_env
 from tests.conftest import AMQP_URL
 from tests.e2e.conftest import Bus, free_port, wait_until
 
@@ -339,7 +339,7 @@ class RelayProcess:
         self.port = free_port()
         self.log_path = log_path
         self._log = log_path.open("ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+        env = child_env()
         env.update(
             {
                 "BILLING_AMQP_URL": AMQP_URL,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import string
 import struct
@@ -30,7 +29,8 @@ from hypothesis import strategies as st
 from pamqp import encode
 
 from billing_worker.consumers.usage import MAX_BODY_BYTES
-from tests.clock import now
+from billing_worker.domain.periods import calendar_month_of
+from tests.clock import child_env, now
 from tests.e2e.conftest import Bus, http_get, wait_until
 
 BOOK_EVENT_TYPES = frozenset(
@@ -157,8 +157,10 @@ class GoodTemplate:
 
 
 def past_time() -> str:
-    """A moment safely in the worker's past, but in the open period."""
-    return (now() - timedelta(minutes=5)).isoformat()
+    """A moment safely in the worker's past, but in the open (calendar) period: five
+    minutes ago, or the period's first instant when it began less than five minutes ago."""
+    moment = now()
+    return max(moment - timedelta(minutes=5), calendar_month_of(moment).start).isoformat()
 
 
 def base_event(event_id: str = "bad-1", **overrides: Any) -> dict[str, Any]:
@@ -576,7 +578,7 @@ class ChildProcess:
 
     def __init__(self, command: str, variables: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+        env = child_env()
         env.update(variables)
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(

@@ -29,7 +29,7 @@ from billing_worker.domain.pricebook import (
     Tier,
 )
 from billing_worker.entrypoints import cli
-from billing_worker.entrypoints.operator import check_pricebook
+from billing_worker.entrypoints.pricebook_commands import check_pricebook
 from tests.pricebooks import DEFAULT_BOOK, FEATURES_BOOK, FEATURES_TOML
 
 D = Decimal

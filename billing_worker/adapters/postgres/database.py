@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = structlog.get_logger(__name__)
@@ -137,6 +138,54 @@ def migrate(url: URL) -> str | None:
 def head_revision() -> str | None:
     """The newest revision the packaged migrations know."""
     return ScriptDirectory.from_config(alembic_config(URL.create("postgresql"))).get_current_head()
+
+
+def check_schema(url: str) -> str | None:
+    """The schema's revision if it is the newest this version knows; changes nothing.
+
+    For the commands that read or steer an existing database: only ``run`` and ``migrate``
+    create or migrate it. Raises ``SchemaNotReady`` naming what to run when the database
+    is missing or behind (or ahead: a newer billing-worker migrated it), and lets
+    ``OperationalError`` through when the server can't be reached.
+    """
+    parsed = make_url(url)
+    engine = create_engine(parsed)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except OperationalError as exc:
+        if _database_missing(parsed):
+            raise SchemaNotReady(
+                f"database {parsed.database!r} does not exist: `billing-worker migrate` (or "
+                "starting the worker) creates it"
+            ) from exc
+        raise
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current != head:
+        raise SchemaNotReady(
+            f"the schema of database {parsed.database!r} is at revision "
+            f"{current or '(none)'} and this billing-worker needs {head}: run "
+            "`billing-worker migrate` (this command changes nothing)"
+        )
+    return current
+
+
+def _database_missing(url: URL) -> bool:
+    """Whether the server answers that ``url``'s database does not exist (False when that
+    can't be asked either: the failure is then the connection's own)."""
+    engine = create_engine(url.set(database="postgres"))
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
+            ).scalar()
+    except OperationalError:
+        return False
+    finally:
+        engine.dispose()
+    return found is None
 
 
 def prepare_database(url: str) -> str | None:
