@@ -7,7 +7,6 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -27,6 +26,7 @@ from billing_worker.adapters.amqp.topology import (
     declare_quota_check_queue,
     declare_stripe_topology,
     declare_usage_topology,
+    ensure_topology,
 )
 from billing_worker.adapters.observability.http import HealthServer, Readiness, health_app
 from billing_worker.adapters.observability.metrics import Metrics
@@ -40,14 +40,11 @@ from billing_worker.adapters.postgres.pricebooks import (
     PriceBookVersionConflict,
     register_pricebook,
 )
-from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
 from billing_worker.bootstrap import Components, build_components, topology_for
 from billing_worker.config import Settings
 from billing_worker.domain.pricebook import PriceBook
+from billing_worker.entrypoints.housekeeping import Housekeeping
 from billing_worker.entrypoints.signals import stop_on_signals
-from billing_worker.service.accounts import expire_credits
-from billing_worker.service.invoice_sync import sync_invoices
-from billing_worker.service.invoices import close_due_periods
 
 log = structlog.get_logger(__name__)
 
@@ -55,9 +52,7 @@ PROBE_INTERVAL_SECONDS = 2.0
 QUOTA_CHECK_PREFETCH = 64
 QUOTA_CHECK_POOL_SIZE = 2
 STRIPE_PREFETCH = 100
-STRIPE_SYNC_INTERVAL_SECONDS = 30.0
 LAST_RELAY_SECONDS = 5.0
-CREDIT_EXPIRY_INTERVAL_SECONDS = 60.0
 
 
 class StartupError(Exception):
@@ -80,9 +75,7 @@ class Worker:
         self._probe: asyncio.Task[None] | None = None
         self._subscription: QueueSubscription | None = None
         self._stripe_subscription: QueueSubscription | None = None
-        self._housekeeping: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
-        self._syncer: asyncio.Task[None] | None = None
+        self._housekeeping: Housekeeping | None = None
         self._stopped = False
 
     @property
@@ -129,19 +122,13 @@ class Worker:
         # Before any delivery is read: one odd header must not take the connection down.
         install_total_decoders()
         self._connection = await self._connect_broker()
+        await self._declare_topology()
         consume_channel = await self._connection.channel(publisher_confirms=False)
         await consume_channel.set_qos(prefetch_count=s.effective_prefetch)
         publish_channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
-        try:
-            usage_queue = await declare_usage_topology(consume_channel, topology_for(s))
-        except ChannelPreconditionFailed as exc:
-            raise StartupError(
-                f"broker topology mismatch: {exc}. A queue or exchange of that name exists "
-                "with other arguments (a classic queue, say); delete it or set another "
-                "BILLING_NAMESPACE"
-            ) from exc
+        usage_queue = await declare_usage_topology(consume_channel, topology_for(s))
         quota_channel = await self._connection.channel(publisher_confirms=False)
         await quota_channel.set_qos(prefetch_count=QUOTA_CHECK_PREFETCH)
         quota_queue = await declare_quota_check_queue(quota_channel, topology_for(s))
@@ -168,10 +155,8 @@ class Worker:
         for consumer in self._components.consumers:
             await consumer.start()
         await self._components.quota_check.start()
-        self._housekeeping = asyncio.create_task(self._expire_credits_forever(), name="credits")
-        self._closer = asyncio.create_task(self._close_periods_forever(), name="period-closer")
-        if s.stripe_api_key is not None:
-            self._syncer = asyncio.create_task(self._sync_invoices_forever(), name="stripe-sync")
+        self._housekeeping = Housekeeping(s, self.book, self._engine, on_outbox_written=self._wake)
+        self._housekeeping.start()
         await self._check_dependencies()
         self._probe = asyncio.create_task(self._probe_forever(), name="dependency-probe")
         log.info(
@@ -201,11 +186,8 @@ class Worker:
             await self._components.quota_check.stop(grace)
             await self._components.relay.stop()
             await self._publish_last_events(self._components)
-        for task in (self._housekeeping, self._closer, self._syncer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._housekeeping is not None:
+            await self._housekeeping.stop()
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -279,6 +261,27 @@ class Worker:
                 log.warning("broker_unreachable_retrying", error=str(exc))
                 await asyncio.sleep(1)
 
+    async def _declare_topology(self) -> None:
+        """Every queue and exchange, declared until it holds (see ``ensure_topology``)."""
+        s = self.settings
+        try:
+            await ensure_topology(
+                lambda: aio_pika.connect(s.amqp_url.get_secret_value(), timeout=10),
+                topology_for(s),
+                stripe=s.stripe_webhook_secret is not None,
+                patience=s.startup_timeout_seconds,
+            )
+        except ChannelPreconditionFailed as exc:
+            raise StartupError(
+                f"broker topology mismatch: {exc}. A queue or exchange of that name exists "
+                "with other arguments (a classic queue, say); delete it or set another "
+                "BILLING_NAMESPACE"
+            ) from exc
+        except (OSError, aio_pika.exceptions.AMQPError) as exc:
+            raise StartupError(
+                f"could not declare the broker topology in {s.startup_timeout_seconds:g}s: {exc!r}"
+            ) from exc
+
     async def _check_dependencies(self) -> None:
         connection, engine = self._connection, self._engine
         broker_ok = connection is not None and connection.connected.is_set()
@@ -343,60 +346,6 @@ class Worker:
                     pass
         except Exception as exc:  # noqa: BLE001 - whatever is left goes out after restart
             log.warning("outbox_left_for_next_start", error=repr(exc))
-
-    async def _expire_credits_forever(self) -> None:
-        while True:
-            try:
-                expired = await expire_credits(
-                    lambda: PostgresUnitOfWork(self._engine_or_fail()),
-                    self.book,
-                    self.settings.clock(),
-                )
-                if expired:
-                    log.info("credits_expired", grants=expired)
-            except Exception as exc:  # noqa: BLE001 - retried at the next sweep
-                log.warning("credit_expiry_failed", error=repr(exc))
-            await asyncio.sleep(CREDIT_EXPIRY_INTERVAL_SECONDS)
-
-    async def _close_periods_forever(self) -> None:
-        """Close due periods every BILLING_CLOSE_INTERVAL_SECONDS (replicas may all do it:
-        each period is claimed in the database and closed once)."""
-        grace = timedelta(seconds=self.settings.close_grace_seconds)
-        while True:
-            try:
-                closed = await close_due_periods(
-                    lambda: PostgresUnitOfWork(
-                        self._engine_or_fail(), on_outbox_written=self._wake
-                    ),
-                    self.book,
-                    as_of=self.settings.clock(),
-                    grace=grace,
-                    review=self.settings.invoice_review,
-                )
-                if closed:
-                    log.info("periods_closed", invoices=len(closed))
-            except Exception as exc:  # noqa: BLE001 - retried at the next round
-                log.warning("period_close_failed", error=repr(exc))
-            await asyncio.sleep(self.settings.close_interval_seconds)
-
-    async def _sync_invoices_forever(self) -> None:
-        """Push closed invoices of Stripe-linked accounts to Stripe (BILLING_STRIPE_API_KEY)."""
-        from billing_worker.adapters.stripe_api import StripeInvoiceSync  # noqa: PLC0415
-
-        key = self.settings.stripe_api_key
-        if key is None:  # pragma: no cover - only started with a key
-            return
-        pusher = StripeInvoiceSync(key.get_secret_value(), api_base=self.settings.stripe_api_base)
-        while True:
-            try:
-                done = await sync_invoices(
-                    lambda: PostgresUnitOfWork(self._engine_or_fail()), pusher
-                )
-                if done.pushed or done.failed:
-                    log.info("stripe_invoices_synced", pushed=done.pushed, failed=done.failed)
-            except Exception as exc:  # noqa: BLE001 - retried at the next round
-                log.warning("stripe_sync_round_failed", error=repr(exc))
-            await asyncio.sleep(STRIPE_SYNC_INTERVAL_SECONDS)
 
     def _wake(self) -> None:
         if self._components is not None:
