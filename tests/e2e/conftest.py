@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,12 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from billing_worker.adapters.pricebook_file import load_pricebook
 from billing_worker.bench.worker_process import spawn_worker
@@ -257,3 +263,33 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
         self._log.close()
+
+
+@pytest.fixture
+async def events_queue(bus: Bus) -> AsyncIterator[AbstractQueue]:
+    """A subscriber's queue bound to every billing event of this namespace."""
+    exchange = await bus.channel.declare_exchange(
+        bus.name("billing.events"), aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await bus.channel.declare_queue(bus.name(f"test-events-{uuid.uuid4().hex[:6]}"))
+    await queue.bind(exchange, routing_key="#")
+    yield queue
+    await queue.delete(if_unused=False, if_empty=False)
+
+
+async def received(
+    queue: AbstractQueue, count: int, timeout: float = 20
+) -> list[AbstractIncomingMessage]:
+    """Wait until ``count`` messages arrived; return them (and anything else already there)."""
+    messages: list[AbstractIncomingMessage] = []
+
+    async def enough() -> bool:
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            messages.append(message)
+        return len(messages) >= count
+
+    await wait_until(enough, timeout, f"{count} billing events")
+    await asyncio.sleep(0.3)
+    while (message := await queue.get(no_ack=True, fail=False)) is not None:
+        messages.append(message)
+    return messages

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -22,42 +21,12 @@ from billing_worker.domain.periods import calendar_month_of
 from billing_worker.domain.usage import UsageRecord
 from billing_worker.service.record_usage import record_usage_batch
 from tests.clock import now
-from tests.e2e.conftest import Bus, StartWorker, encode, event, wait_until
+from tests.e2e.conftest import Bus, StartWorker, encode, event, received, wait_until
 from tests.pricebooks import DEFAULT_BOOK
 
 
 def now_z() -> str:
     return now().replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-@pytest.fixture
-async def events_queue(bus: Bus) -> AsyncIterator[AbstractQueue]:
-    """A subscriber's queue bound to every billing event of this namespace."""
-    exchange = await bus.channel.declare_exchange(
-        bus.name("billing.events"), aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    queue = await bus.channel.declare_queue(bus.name(f"test-events-{uuid.uuid4().hex[:6]}"))
-    await queue.bind(exchange, routing_key="#")
-    yield queue
-    await queue.delete(if_unused=False, if_empty=False)
-
-
-async def received(
-    queue: AbstractQueue, count: int, timeout: float = 20
-) -> list[AbstractIncomingMessage]:
-    """Wait until ``count`` messages arrived; return them (and anything else already there)."""
-    messages: list[AbstractIncomingMessage] = []
-
-    async def enough() -> bool:
-        while (message := await queue.get(no_ack=True, fail=False)) is not None:
-            messages.append(message)
-        return len(messages) >= count
-
-    await wait_until(enough, timeout, f"{count} billing events")
-    await asyncio.sleep(0.3)
-    while (message := await queue.get(no_ack=True, fail=False)) is not None:
-        messages.append(message)
-    return messages
 
 
 def bodies(messages: list[AbstractIncomingMessage]) -> list[dict[str, Any]]:

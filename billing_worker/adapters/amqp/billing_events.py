@@ -67,6 +67,7 @@ class OutboxRelay:
         self._retry_pause = retry_pause
         self._exchange: AbstractExchange | None = None
         self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -78,15 +79,25 @@ class OutboxRelay:
         self._exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
-    async def stop(self) -> None:
-        """Stop after the round in progress (rows it did not mark are published again)."""
-        if self._task is not None:
+    async def stop(self, grace: float = PUBLISH_TIMEOUT_SECONDS) -> None:
+        """Stop once the round in progress is done: its rows published and marked, so a
+        graceful stop publishes nothing twice. A round that outlasts ``grace`` seconds (a
+        broker blocking publishers) is cancelled; its rows stay unmarked and go out again
+        after the next start, with the same ids and bodies."""
+        if self._task is None:
+            return
+        self._stop_requested.set()
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            log.warning("outbox_relay_round_abandoned", grace_seconds=grace)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
-        while True:
+        while not self._stop_requested.is_set():
             self._wake.clear()  # a wake-up during the round below starts the next at once
             try:
                 published = await self.relay_once()
@@ -97,17 +108,26 @@ class OutboxRelay:
                 # aiormq fails pending confirms with CancelledError when a connection
                 # dies: a broker failure like any other, not a request to stop.
                 log.warning("outbox_relay_failed", error="publish cancelled by the client")
-                await asyncio.sleep(self._retry_pause)
+                await self._pause(self._retry_pause, self._stop_requested)
                 continue
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
                 log.warning("outbox_relay_failed", error=repr(exc))
-                await asyncio.sleep(self._retry_pause)
+                await self._pause(self._retry_pause, self._stop_requested)
                 continue
+            if self._stop_requested.is_set():
+                return
             if published >= self._batch_size:
                 continue  # more are waiting
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
-                    await self._wake.wait()
+            await self._pause(self._poll_interval, self._wake)
+
+    @staticmethod
+    async def _pause(seconds: float, until: asyncio.Event) -> None:
+        """Sleep ``seconds``, or less once ``until`` is set: after a round, new rows wake
+        the relay; after a failure, only ``stop`` does (new rows must not hasten retries
+        against a broker that is down)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await until.wait()
 
     async def relay_once(self) -> int:
         """Publish one round of pending rows; return how many were published and marked."""
