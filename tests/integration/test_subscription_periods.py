@@ -271,3 +271,74 @@ async def test_weekly_subscription_keeps_calendar_months(
         now=datetime(2026, 11, 16, tzinfo=UTC),
     )
     assert cycles(sql) == []
+
+
+async def cancel(engine: AsyncEngine, now: datetime, *, subscription: str = "sub_1") -> None:
+    obj = sp.subscription(
+        subscription,
+        customer="cus_1",
+        price_id="price_plus_monthly",
+        status="canceled",
+        current_period_start=ts(DEC_15_10),
+        current_period_end=ts(datetime(2027, 1, 15, 10, tzinfo=UTC)),
+    )
+    event = sp.event("customer.subscription.deleted", obj, created=ts(now))
+    assert await stripe(engine, event, now) == StripeOutcome.APPLIED
+
+
+async def test_an_ended_subscription_returns_the_account_to_calendar_months(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """Canceled on Dec 20 in the Dec 15 → Jan 15 cycle: that period stays whole, then a stub
+    Jan 15 10:00 → Feb 1 and calendar months again; the quota check and the closer follow,
+    and the move is a period_cycle_changed ledger entry."""
+    await subscribe(engine, NOV_15_10, DEC_15_10, now=datetime(2026, 11, 21, 12, tzinfo=UTC))
+    jan_15_10 = datetime(2027, 1, 15, 10, tzinfo=UTC)
+    await cancel(engine, datetime(2026, 12, 20, tzinfo=UTC))
+    assert cycles(sql)[-1] == (jan_15_10, datetime(1970, 1, 1, tzinfo=UTC), 1)
+    await record(engine, datetime(2027, 1, 20, tzinfo=UTC), datetime(2027, 2, 3, tzinfo=UTC))
+    assert [(start, end) for _, start, end in ledger_periods(sql)] == [
+        (jan_15_10, datetime(2027, 2, 1, tzinfo=UTC)),
+        (datetime(2027, 2, 1, tzinfo=UTC), datetime(2027, 3, 1, tzinfo=UTC)),
+    ]
+    closed = await close_due_periods(
+        lambda: PostgresUnitOfWork(engine),
+        DEFAULT_BOOK,
+        as_of=datetime(2027, 3, 2, tzinfo=UTC),
+        grace=timedelta(hours=1),
+        account=ACCOUNT,
+    )
+    assert [c.period for c in closed][-3:] == [
+        BillingPeriod(DEC_15_10, jan_15_10),
+        BillingPeriod(jan_15_10, datetime(2027, 2, 1, tzinfo=UTC)),
+        BillingPeriod(datetime(2027, 2, 1, tzinfo=UTC), datetime(2027, 3, 1, tzinfo=UTC)),
+    ]
+    kinds = sql.execute(
+        "SELECT details ->> 'months', details ->> 'effective_from' FROM account_ledger "
+        "WHERE account_id = %s AND kind = 'period_cycle_changed' ORDER BY entry_id",
+        (ACCOUNT,),
+    ).fetchall()
+    assert kinds[-1] == ("1", jan_15_10.isoformat())
+
+
+async def test_an_ended_subscription_keeps_the_cycle_of_a_live_one(
+    engine: AsyncEngine, sql: psycopg.Connection
+) -> None:
+    """When a second live subscription replaced the one that ends, the account keeps
+    following the cycle the live one set."""
+    await subscribe(engine, NOV_15_10, DEC_15_10, now=datetime(2026, 11, 21, 12, tzinfo=UTC))
+    replacement = sp.subscription(
+        "sub_2",
+        customer="cus_1",
+        price_id="price_pro_monthly",
+        status="active",
+        current_period_start=ts(NOV_15_10),
+        current_period_end=ts(DEC_15_10),
+    )
+    created = sp.event("customer.subscription.created", replacement, created=ts(NOV_15_10) + 9)
+    assert await stripe(engine, created, datetime(2026, 11, 22, tzinfo=UTC)) == (
+        StripeOutcome.APPLIED
+    )
+    before = cycles(sql)
+    await cancel(engine, datetime(2026, 11, 23, tzinfo=UTC))
+    assert cycles(sql) == before
