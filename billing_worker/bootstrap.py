@@ -16,7 +16,8 @@ from billing_worker.adapters.amqp.delivery import DeliverySource
 from billing_worker.adapters.amqp.topology import Topology
 from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.adapters.postgres.account_store import PostgresUsageReader
-from billing_worker.adapters.postgres.usage_store import KnownAccounts, PostgresUnitOfWork
+from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
+from billing_worker.adapters.postgres.usage_store import KnownAccounts
 from billing_worker.config import Settings
 from billing_worker.consumers.batching import BatchingConsumer, BatchPolicy
 from billing_worker.consumers.quota_check import QuotaCheckConsumer

@@ -56,7 +56,7 @@ def add_account_commands(commands: Any) -> None:
 
 async def run_account_command(args: argparse.Namespace, settings: Settings) -> int:
     """Dispatch ``account show|set-plan`` or ``credits grant``; return the exit status."""
-    from billing_worker.adapters.postgres.usage_store import (  # noqa: PLC0415 - fast --help
+    from billing_worker.adapters.postgres.unit_of_work import (  # noqa: PLC0415 - fast --help
         PostgresUnitOfWork,
     )
 

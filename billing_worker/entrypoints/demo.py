@@ -28,7 +28,7 @@ from tqdm import tqdm
 from billing_worker.adapters.observability.logging import configure_logging
 from billing_worker.adapters.postgres.account_store import PostgresAccounts
 from billing_worker.adapters.postgres.database import create_engine_for, redacted
-from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.adapters.pricebook_file import PriceBookError, load_pricebook
 from billing_worker.bootstrap import topology_for
 from billing_worker.config import Settings

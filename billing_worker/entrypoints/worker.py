@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from billing_worker import __version__
+from billing_worker.adapters.amqp.declaring import ensure_topology
 from billing_worker.adapters.amqp.frame_decoding import install_total_decoders
 from billing_worker.adapters.amqp.subscription import QueueSubscription
 from billing_worker.adapters.amqp.topology import (
@@ -26,7 +27,6 @@ from billing_worker.adapters.amqp.topology import (
     declare_quota_check_queue,
     declare_stripe_topology,
     declare_usage_topology,
-    ensure_topology,
 )
 from billing_worker.adapters.observability.http import HealthServer, Readiness, health_app
 from billing_worker.adapters.observability.metrics import Metrics

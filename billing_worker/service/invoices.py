@@ -85,7 +85,8 @@ async def close_due_periods(
     """Close every period that ended ``grace`` before ``as_of`` and has no invoice yet
     (as drafts with ``review``)."""
     async with uow_factory() as uow:
-        due = await uow.invoices.due_periods(as_of - grace, account=account, limit=limit)
+        due = await uow.schedule.due_periods(as_of - grace, account=account, limit=limit)
+        await uow.commit()  # watermarks it found behind were moved up
     closed = []
     for due_account, period in due:
         result = await close_period(
@@ -163,6 +164,7 @@ async def close_period(
         )
         if not review:
             await uow.outbox.add([invoice_ready(invoice_id, draft, at=now)])
+        await uow.schedule.advance(account, calendar)
         await uow.commit()
     return Closed(invoice_id, account, period, str(draft.total), draft.currency)
 

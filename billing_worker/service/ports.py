@@ -250,12 +250,6 @@ class StripeStore(Protocol):
 class InvoiceStore(Protocol):
     """Invoices and what closing a period reads."""
 
-    async def due_periods(
-        self, cutoff: datetime, *, account: str | None, limit: int
-    ) -> list[tuple[str, BillingPeriod]]:
-        """(account, period) of the periods ended by ``cutoff`` without an invoice yet."""
-        ...
-
     async def closed_periods(
         self, pairs: Sequence[tuple[str, datetime]]
     ) -> set[tuple[str, datetime]]:
@@ -323,6 +317,26 @@ class InvoiceStore(Protocol):
         ...
 
 
+class CloseSchedule(Protocol):
+    """Which periods are due for closing: each account's close watermark."""
+
+    async def due_periods(
+        self, cutoff: datetime, *, account: str | None, limit: int
+    ) -> list[tuple[str, BillingPeriod]]:
+        """(account, period) of the periods ended by ``cutoff`` without an invoice yet,
+        oldest first, reading only accounts with something due."""
+        ...
+
+    async def advance(self, account: str, calendar: PeriodCalendar) -> None:
+        """Move the account's watermark past its invoiced periods (account row locked)."""
+        ...
+
+    async def reopen(self, periods: Sequence[tuple[str, BillingPeriod]]) -> None:
+        """Usage landed in these ended periods: move a watermark back to one that has no
+        invoice yet."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction. Leaving it without ``commit()`` rolls back.
 
@@ -358,6 +372,11 @@ class UnitOfWork(Protocol):
     @property
     def invoices(self) -> InvoiceStore:
         """Invoices bound to this transaction."""
+        ...
+
+    @property
+    def schedule(self) -> CloseSchedule:
+        """The close schedule bound to this transaction."""
         ...
 
     async def __aenter__(self) -> Self: ...

@@ -58,7 +58,12 @@ async def record_usage_batch(
             )
             entries = ledger_entries_for(new, book, calendars)
             if entries:
-                await _apply(uow, book, entries, clock())
+                now = clock()
+                await _apply(uow, book, entries, now)
+                # last, so its account-row locks come after every other lock the batch takes
+                ended = [(e.account, e.period) for e in entries if e.period.end <= now]
+                if ended:
+                    await uow.schedule.reopen(ended)
         await uow.commit()
     if not late:
         return classify(records, claimed=claimed, stored_fingerprints=stored)

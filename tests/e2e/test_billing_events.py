@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from billing_worker.adapters.amqp import billing_events
 from billing_worker.adapters.postgres.database import create_engine_for
-from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.domain.periods import calendar_month_of
 from billing_worker.domain.usage import UsageRecord
 from billing_worker.service.record_usage import record_usage_batch

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.adapters.postgres.database import create_engine_for
-from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.adapters.stripe_api import StripeInvoiceSync
 from billing_worker.domain.usage import UsageRecord
 from billing_worker.service.invoice_sync import sync_invoices, to_minor_units

@@ -131,7 +131,7 @@ def test_close_show_explain_void_and_report(
     from datetime import UTC, datetime  # noqa: PLC0415
     from decimal import Decimal  # noqa: PLC0415
 
-    from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork  # noqa: PLC0415
+    from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork  # noqa: PLC0415
     from billing_worker.domain.usage import UsageRecord  # noqa: PLC0415
     from billing_worker.service.record_usage import record_usage_batch  # noqa: PLC0415
 
@@ -186,7 +186,7 @@ def test_review_then_finalize(
     from datetime import UTC, datetime  # noqa: PLC0415
     from decimal import Decimal  # noqa: PLC0415
 
-    from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork  # noqa: PLC0415
+    from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork  # noqa: PLC0415
     from billing_worker.domain.usage import UsageRecord  # noqa: PLC0415
     from billing_worker.service.record_usage import record_usage_batch  # noqa: PLC0415
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.adapters.postgres.account_store import PostgresUsageReader
 from billing_worker.adapters.postgres.database import create_engine_for
-from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.periods import calendar_month_of
 from billing_worker.domain.pricebook import CreditSource, PriceBook

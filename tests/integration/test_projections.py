@@ -22,7 +22,7 @@ from billing_worker.adapters.postgres.projections import (
     find_differences,
     load_meter_terms,
 )
-from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.domain.errors import TransientError
 from billing_worker.domain.usage import UsageRecord
 from billing_worker.service.accounts import change_plan

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.adapters.postgres.database import create_engine_for
-from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.stripe import parse_stripe_event
 from billing_worker.service.stripe_events import StripeOutcome, apply_stripe_event

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing_worker.adapters.postgres.account_store import PostgresUsageReader
 from billing_worker.adapters.postgres.database import create_engine_for
-from billing_worker.adapters.postgres.usage_store import PostgresUnitOfWork
+from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.stripe import parse_stripe_event
 from billing_worker.domain.usage import UsageRecord

@@ -11,7 +11,8 @@ import pytest
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import ChannelPreconditionFailed, ConnectionInternalError
 
-from billing_worker.adapters.amqp.topology import Topology, ensure_topology
+from billing_worker.adapters.amqp.declaring import ensure_topology
+from billing_worker.adapters.amqp.topology import Topology
 from tests.conftest import AMQP_URL
 
 

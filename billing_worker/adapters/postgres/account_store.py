@@ -33,7 +33,8 @@ GET_ACCOUNT = text("""
 """)
 
 CREATE_ACCOUNT = text("""
-    INSERT INTO accounts (account_id, plan, created_at) VALUES (:account, :plan, :at)
+    INSERT INTO accounts (account_id, plan, created_at, close_from, close_due_at)
+    VALUES (:account, :plan, :at, :close_from, :close_due_at)
     ON CONFLICT (account_id) DO NOTHING
     RETURNING account_id
 """)
@@ -113,8 +114,16 @@ class PostgresAccounts:
     async def create(self, account: str, plan: str, at: datetime) -> bool:
         """Create the account on ``plan``, as created ``at``, unless it exists; True if this
         call created it."""
+        first = calendar_month_of(at)  # a new account is on calendar months
         result = await self._conn.execute(
-            CREATE_ACCOUNT, {"account": account, "plan": plan, "at": at}
+            CREATE_ACCOUNT,
+            {
+                "account": account,
+                "plan": plan,
+                "at": at,
+                "close_from": first.start,
+                "close_due_at": first.end,
+            },
         )
         return result.first() is not None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -11,7 +11,6 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing_worker.adapters.postgres.account_store import load_calendars
 from billing_worker.domain.invoicing import (
     InvoiceDraft,
     InvoiceLine,
@@ -19,42 +18,7 @@ from billing_worker.domain.invoicing import (
     MeterUsage,
     StoredInvoice,
 )
-from billing_worker.domain.periods import BillingPeriod, calendar_month_of
-
-# Calendar months from the account's first month (or its first usage, if earlier: late
-# events can predate the account row) up to the last month ending before the cut-off,
-# without an invoice yet. Month arithmetic in UTC whatever the session's time zone.
-DUE_PERIODS = text("""
-    SELECT a.account_id, m.start
-    FROM accounts AS a
-    CROSS JOIN LATERAL generate_series(
-        least(date_trunc('month', a.created_at, 'UTC'),
-              coalesce((SELECT min(g.period_start) FROM usage_aggregates AS g
-                        WHERE g.account_id = a.account_id), 'infinity')),
-        :last_start,
-        interval '1 month') AS m(start)
-    WHERE (CAST(:account AS text) IS NULL OR a.account_id = :account)
-      AND NOT EXISTS (SELECT 1 FROM account_period_cycles AS c
-                      WHERE c.account_id = a.account_id)
-      AND NOT EXISTS (SELECT 1 FROM invoices AS i
-                      WHERE i.account_id = a.account_id AND i.period_start = m.start)
-    ORDER BY m.start, a.account_id
-    LIMIT :limit
-""")
-
-# Accounts on a subscription's cycle: their periods are enumerated from their calendar.
-CYCLE_ACCOUNTS = text("""
-    SELECT a.account_id,
-           least(a.created_at,
-                 coalesce((SELECT min(g.period_start) FROM usage_aggregates AS g
-                           WHERE g.account_id = a.account_id), 'infinity')),
-           (SELECT coalesce(json_agg(i.period_start), '[]') FROM invoices AS i
-            WHERE i.account_id = a.account_id)
-    FROM accounts AS a
-    WHERE EXISTS (SELECT 1 FROM account_period_cycles AS c WHERE c.account_id = a.account_id)
-      AND (CAST(:account AS text) IS NULL OR a.account_id = :account)
-    ORDER BY a.account_id
-""")
+from billing_worker.domain.periods import BillingPeriod
 
 CLOSED_PERIODS = text("""
     SELECT i.account_id, i.period_start
@@ -244,30 +208,6 @@ class PostgresInvoices:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-
-    async def due_periods(
-        self, cutoff: datetime, *, account: str | None, limit: int
-    ) -> list[tuple[str, BillingPeriod]]:
-        """(account, period) of periods ended by ``cutoff`` and not invoiced yet, oldest
-        first: calendar months, or the account's own periods once it follows a cycle."""
-        month = calendar_month_of(cutoff)
-        last_start = calendar_month_of(month.start - timedelta(microseconds=1)).start
-        result = await self._conn.execute(
-            DUE_PERIODS, {"last_start": last_start, "account": account, "limit": limit}
-        )
-        due = [(str(a), calendar_month_of(start)) for a, start in result]
-        rows = (await self._conn.execute(CYCLE_ACCOUNTS, {"account": account})).all()
-        if rows:
-            calendars = await load_calendars(self._conn, [str(row[0]) for row in rows])
-            for account_id, first, invoiced in rows:
-                closed = {datetime.fromisoformat(start) for start in invoiced}
-                due.extend(
-                    (str(account_id), period)
-                    for period in calendars[str(account_id)].periods_between(first, cutoff)
-                    if period.start not in closed
-                )
-            due.sort(key=lambda item: (item[1].start, item[0]))
-        return due[:limit]
 
     async def closed_periods(
         self, pairs: Sequence[tuple[str, datetime]]
