@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from billing_worker.domain.credits import AlertKind, CreditAlert
-from billing_worker.domain.invoicing import InvoiceDraft
+from billing_worker.domain.invoice_model import InvoiceDraft
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.quotas import ThresholdCrossing
 from billing_worker.service.ports import OutgoingEvent, QuotaAlert

@@ -14,12 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from billing_worker.domain.errors import PermanentError
-from billing_worker.domain.invoicing import (
-    InvoiceLine,
-    PlanSpan,
-    adjustment_line,
-    build_invoice,
-)
+from billing_worker.domain.invoice_adjustments import adjustment_line
+from billing_worker.domain.invoice_model import InvoiceLine, PlanSpan
+from billing_worker.domain.invoicing import build_invoice
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.service.events import invoice_ready

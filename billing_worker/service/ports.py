@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from billing_worker.domain.credits import BurnResult, GrantBalance
-from billing_worker.domain.invoicing import InvoiceDraft, LateUsage, MeterUsage, StoredInvoice
+from billing_worker.domain.invoice_model import InvoiceDraft, LateUsage, MeterUsage, StoredInvoice
 from billing_worker.domain.periods import BillingPeriod, CycleChange, PeriodCalendar
 from billing_worker.domain.pricebook import CreditSource, PriceBook
 from billing_worker.domain.quotas import PeriodUsage, ThresholdCrossing

@@ -16,17 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_worker.adapters.pricebook_file import parse_pricebook
-from billing_worker.domain.invoicing import (
-    InvoiceDraft,
-    InvoiceLine,
-    MeterUsage,
-    PlanSpan,
-    adjustment_line,
-    build_invoice,
-    prorate,
-)
+from billing_worker.domain.invoice_adjustments import adjustment_line
+from billing_worker.domain.invoice_model import InvoiceDraft, InvoiceLine, MeterUsage, PlanSpan
+from billing_worker.domain.invoicing import build_invoice
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from billing_worker.domain.pricebook import PriceBook
+from billing_worker.domain.proration import prorate
 from billing_worker.domain.rating import TierCharge
 from tests.pricebooks import DEFAULT_BOOK, FEATURES_BOOK
 

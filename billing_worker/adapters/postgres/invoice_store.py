@@ -11,7 +11,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing_worker.domain.invoicing import (
+from billing_worker.domain.invoice_model import (
     InvoiceDraft,
     InvoiceLine,
     LateUsage,
