@@ -14,55 +14,35 @@ import dataclasses
 import hashlib
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
+from collections.abc import Mapping
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
+from billing_worker.adapters.pricebook_prices import PriceReader
+from billing_worker.adapters.pricebook_values import NAME, PriceBookError, shown
 from billing_worker.domain.pricebook import (
     AGGREGATIONS_THAT_ADD,
     DEFAULT_GRANT_PRIORITY,
     DEFAULT_THRESHOLDS,
-    MAX_DIGITS,
-    MAX_PLACES,
-    ZERO,
     Aggregation,
     CreditProduct,
     CreditSource,
     Enforcement,
-    Free,
-    Graduated,
     Interval,
     Meter,
     MeterPrice,
-    Package,
-    PerUnit,
     Plan,
     PlanMeter,
     PriceBook,
-    PriceModel,
     StripePrice,
-    Tier,
-    Volume,
-    within_quantity_bounds,
 )
 
 DEFAULT_PRICEBOOK_NAME = "default.toml"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 CURRENCY = re.compile(r"^[a-z]{3}$")
 LATE_EVENT_POLICIES = ("next_invoice", "reject")
-
-T = TypeVar("T")
-
-
-class PriceBookError(Exception):
-    """The price book is invalid: ``file: key: what is wrong``."""
-
-    def __init__(self, file: str, key: str, problem: str) -> None:
-        self.file, self.key, self.problem = file, key, problem
-        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
 
 
 def default_pricebook_text() -> str:
@@ -96,81 +76,8 @@ def parse_pricebook(text: str, file: str = "pricebook.toml") -> PriceBook:
     return dataclasses.replace(book, digest=digest, source=text)
 
 
-class _Reader:
+class _Reader(PriceReader):
     """Walks the parsed TOML, tracking the dotted key for error messages."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-
-    def fail(self, key: str, problem: str) -> PriceBookError:
-        return PriceBookError(self.file, key, problem)
-
-    # --- primitives ---------------------------------------------------------------------
-
-    def table(self, value: object, key: str) -> Mapping[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a table, not {_shown(value)}")
-        return value
-
-    def only(self, table: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
-        unknown = sorted(set(table) - set(allowed))
-        if unknown:
-            where = f"{key}.{unknown[0]}" if key else unknown[0]
-            raise self.fail(where, f"unknown key (expected one of: {', '.join(allowed)})")
-
-    def required(self, table: Mapping[str, Any], key: str, name: str) -> Any:
-        if name not in table:
-            raise self.fail(_join(key, name), "is required")
-        return table[name]
-
-    def string(self, value: object, key: str, pattern: re.Pattern[str] | None = None) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, f"must be a non-empty string, not {_shown(value)}")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(key, f"{value!r} does not match {pattern.pattern}")
-        return value
-
-    def number(self, value: object, key: str, *, positive: bool = False) -> Decimal:
-        what = "a positive number" if positive else "a non-negative number"
-        if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
-            raise self.fail(key, f"must be {what}, not {_shown(value)}")
-        try:
-            number = Decimal(value) if not isinstance(value, Decimal) else value
-        except InvalidOperation:
-            raise self.fail(key, f"must be {what}, not {_shown(value)}") from None
-        if not number.is_finite() or number < 0 or (positive and number == 0):
-            raise self.fail(key, f"must be {what}, not {_shown(value)}")
-        if not within_quantity_bounds(number):
-            raise self.fail(
-                key,
-                f"must have at most {MAX_DIGITS} digits, {MAX_PLACES} after the point, "
-                f"not {_shown(value)}",
-            )
-        return number
-
-    def integer(self, value: object, key: str, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(
-                key, f"must be a whole number from {low} to {high}, not {_shown(value)}"
-            )
-        return value
-
-    def choice(self, value: object, key: str, choices: type[T] | tuple[str, ...]) -> Any:
-        options = tuple(choices) if isinstance(choices, tuple) else tuple(c.value for c in choices)  # type: ignore[attr-defined]
-        if value not in options:
-            raise self.fail(key, f"must be one of {', '.join(options)}, not {_shown(value)}")
-        return value if isinstance(choices, tuple) else choices(value)  # type: ignore[call-arg]
-
-    def named_tables(
-        self, value: object, key: str, build: Callable[[str, Mapping[str, Any], str], T]
-    ) -> Mapping[str, T]:
-        tables = self.table(value, key)
-        built = {}
-        for name, sub in tables.items():
-            sub_key = _join(key, name)
-            self.string(name, sub_key, NAME)
-            built[name] = build(name, self.table(sub, sub_key), sub_key)
-        return MappingProxyType(built)
 
     # --- the document -------------------------------------------------------------------
 
@@ -284,7 +191,7 @@ class _Reader:
             if not isinstance(wanted, (str, int, bool)) or isinstance(wanted, Decimal):
                 raise self.fail(
                     f"{key}.filters.{dim}",
-                    f"must be a string, integer or boolean, not {_shown(wanted)}",
+                    f"must be a string, integer or boolean, not {shown(wanted)}",
                 )
         unit = self.string(table.get("unit", "unit"), f"{key}.unit")
         late = self.choice(
@@ -365,106 +272,6 @@ class _Reader:
             raise self.fail(f"{key}.enforcement", "needs a limit to enforce")
         return PlanMeter(included=included, limit=limit, enforcement=enforcement)
 
-    def price(self, meter: str, table: Mapping[str, Any], key: str) -> MeterPrice:
-        self.only(
-            table,
-            key,
-            (
-                "model",
-                "unit_price",
-                "tiers",
-                "package_size",
-                "package_price",
-                "free_quantity",
-                "dimension",
-                "by_value",
-            ),
-        )
-        model = self.price_model(table, key)
-        free_quantity = self.number(table.get("free_quantity", 0), f"{key}.free_quantity")
-        dimension = None
-        by_value: dict[str, PriceModel] = {}
-        if "dimension" in table:
-            dimension = self.string(table["dimension"], f"{key}.dimension")
-            values = self.table(self.required(table, key, "by_value"), f"{key}.by_value")
-            for value, sub in values.items():
-                sub_key = f'{key}.by_value."{value}"'
-                sub_table = self.table(sub, sub_key)
-                self.only(
-                    sub_table,
-                    sub_key,
-                    ("model", "unit_price", "tiers", "package_size", "package_price"),
-                )
-                by_value[value] = self.price_model(sub_table, sub_key)
-        elif "by_value" in table:
-            raise self.fail(f"{key}.by_value", "needs a dimension naming the data field it keys on")
-        return MeterPrice(
-            meter=meter,
-            model=model,
-            free_quantity=free_quantity,
-            dimension=dimension,
-            by_value=MappingProxyType(by_value),
-        )
-
-    def price_model(self, table: Mapping[str, Any], key: str) -> PriceModel:
-        kind = self.choice(
-            self.required(table, key, "model"),
-            f"{key}.model",
-            ("per_unit", "graduated", "volume", "package", "free"),
-        )
-        if kind == "per_unit":
-            return PerUnit(
-                self.number(self.required(table, key, "unit_price"), f"{key}.unit_price")
-            )
-        if kind in ("graduated", "volume"):
-            tiers = self.tiers(self.required(table, key, "tiers"), f"{key}.tiers")
-            return Graduated(tiers) if kind == "graduated" else Volume(tiers)
-        if kind == "package":
-            return Package(
-                package_size=self.number(
-                    self.required(table, key, "package_size"), f"{key}.package_size", positive=True
-                ),
-                package_price=self.number(
-                    self.required(table, key, "package_price"), f"{key}.package_price"
-                ),
-            )
-        return Free()
-
-    def tiers(self, value: object, key: str) -> tuple[Tier, ...]:
-        if not isinstance(value, list) or not value:
-            raise self.fail(key, "must be a non-empty list of tiers")
-        tiers = []
-        previous = ZERO
-        for i, raw in enumerate(value):
-            tier_key = f"{key}[{i}]"
-            table = self.table(raw, tier_key)
-            self.only(table, tier_key, ("up_to", "unit_price", "flat_fee"))
-            last = i == len(value) - 1
-            up_to = None
-            if "up_to" in table and table["up_to"] not in ("inf", Decimal("Infinity")):
-                up_to = self.number(table["up_to"], f"{tier_key}.up_to", positive=True)
-                if up_to <= previous:
-                    raise self.fail(
-                        f"{tier_key}.up_to",
-                        f"must be greater than the previous tier's ({previous})",
-                    )
-                previous = up_to
-            if up_to is None and not last:
-                raise self.fail(f"{tier_key}.up_to", "only the last tier may be unbounded")
-            if up_to is not None and last:
-                raise self.fail(
-                    f"{tier_key}.up_to",
-                    'the last tier must be unbounded (leave up_to out, or "inf")',
-                )
-            tiers.append(
-                Tier(
-                    up_to=up_to,
-                    unit_price=self.number(table.get("unit_price", 0), f"{tier_key}.unit_price"),
-                    flat_fee=self.number(table.get("flat_fee", 0), f"{tier_key}.flat_fee"),
-                )
-            )
-        return tuple(tiers)
-
     def credit_product(self, name: str, table: Mapping[str, Any], key: str) -> CreditProduct:
         self.only(table, key, ("credits", "price", "currency", "priority"))
         return CreditProduct(
@@ -510,14 +317,4 @@ class _Reader:
                 mapped[price_id] = StripePrice(price_id, credit_product=product)
         return MappingProxyType(mapped)
 
-
-def _join(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else name
-
-
-def _shown(value: object) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
+__all__ = ["PriceBookError", "default_pricebook_text", "load_pricebook", "parse_pricebook"]

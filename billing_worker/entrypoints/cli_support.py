@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, TextIO
 
 from billing_worker.config import Settings
+from schemas.events import format_decimal
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,8 +37,18 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def write_json(out: TextIO, report: object) -> None:
-    """One indented JSON document."""
-    out.write(json.dumps(report, indent=2) + "\n")
+    """One indented JSON document; decimals in plain notation, times in RFC 3339."""
+    out.write(json.dumps(report, indent=2, default=json_value) + "\n")
+
+
+def json_value(value: object) -> object:
+    """What ``json`` can't write itself: a decimal as a plain string (never ``5E-7``), a
+    time in ISO 8601."""
+    if isinstance(value, Decimal):
+        return format_decimal(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def table(out: TextIO, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

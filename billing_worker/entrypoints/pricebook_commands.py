@@ -18,6 +18,7 @@ from billing_worker.domain.pricebook import (
     Volume,
 )
 from billing_worker.entrypoints.cli_support import table
+from schemas.events import format_decimal as plain
 
 
 def add_pricebook_commands(commands: Any) -> None:
@@ -109,16 +110,16 @@ def check_pricebook(path: Path, *, as_json: bool, out: TextIO) -> int:
 def describe_model(model: PriceModel) -> str:
     """A price model in one line."""
     if isinstance(model, PerUnit):
-        return f"per unit {model.unit_price}"
+        return f"per unit {plain(model.unit_price)}"
     if isinstance(model, Package):
-        return f"{model.package_price} per {model.package_size} units (started)"
+        return f"{plain(model.package_price)} per {plain(model.package_size)} units (started)"
     if isinstance(model, Free):
         return "free"
     kind = "graduated" if isinstance(model, Graduated) else "volume"
     assert isinstance(model, (Graduated, Volume))  # noqa: S101 - exhausts the union for mypy
     tiers = ", ".join(
-        f"{'≤' + str(t.up_to) if t.up_to is not None else 'rest'} @ {t.unit_price}"
-        + (f" +{t.flat_fee}" if t.flat_fee else "")
+        f"{'≤' + plain(t.up_to) if t.up_to is not None else 'rest'} @ {plain(t.unit_price)}"
+        + (f" +{plain(t.flat_fee)}" if t.flat_fee else "")
         for t in model.tiers
     )
     return f"{kind}: {tiers}"
@@ -131,7 +132,7 @@ def describe_pricebook(book: PriceBook) -> dict[str, Any]:
         "digest": book.digest,
         "currency": book.currency,
         "default_plan": book.default_plan,
-        "credits_low_balance": str(book.credits_low_balance),
+        "credits_low_balance": plain(book.credits_low_balance),
         "meters": [
             {
                 "name": m.name,
@@ -147,15 +148,15 @@ def describe_pricebook(book: PriceBook) -> dict[str, Any]:
         "plans": [
             {
                 "name": p.name,
-                "price": str(p.price),
+                "price": plain(p.price),
                 "currency": p.currency,
                 "interval": p.interval.value,
                 "thresholds": list(p.thresholds),
-                "credit_grant": str(p.credit_grant),
+                "credit_grant": plain(p.credit_grant),
                 "meters": {
                     meter: {
-                        "included": str(t.included),
-                        "limit": str(t.limit) if t.limit is not None else None,
+                        "included": plain(t.included),
+                        "limit": plain(t.limit) if t.limit is not None else None,
                         "enforcement": t.enforcement.value,
                     }
                     for meter, t in p.meters.items()
@@ -167,18 +168,18 @@ def describe_pricebook(book: PriceBook) -> dict[str, Any]:
             {
                 "meter": p.meter,
                 "model": describe_model(p.model),
-                "free_quantity": str(p.free_quantity),
+                "free_quantity": plain(p.free_quantity),
                 "dimension": p.dimension,
                 "by_value": {v: describe_model(m) for v, m in p.by_value.items()},
             }
             for p in book.prices.values()
         ],
-        "credit_costs": {meter: str(cost) for meter, cost in book.credit_costs.items()},
+        "credit_costs": {meter: plain(cost) for meter, cost in book.credit_costs.items()},
         "credit_products": [
             {
                 "name": c.name,
-                "credits": str(c.credits),
-                "price": str(c.price),
+                "credits": plain(c.credits),
+                "price": plain(c.price),
                 "currency": c.currency,
             }
             for c in book.credit_products.values()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TextIO
 
 from sqlalchemy import exc as sa_exc
@@ -38,6 +39,7 @@ from billing_worker.entrypoints.cli_support import (
     write_json,
 )
 from billing_worker.entrypoints.progress import progress
+from schemas.events import format_decimal
 
 ACCOUNT_EXISTS = text("SELECT 1 FROM accounts WHERE account_id = :account")
 
@@ -200,4 +202,6 @@ def _shown(value: Any) -> str:
         return "-"
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return format_decimal(value)
     return str(value)

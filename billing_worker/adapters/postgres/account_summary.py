@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing_worker.adapters.postgres.account_store import PostgresAccounts
 from billing_worker.adapters.postgres.account_view import grants, period_totals, recent_entries
 from billing_worker.domain.pricebook import PriceBook
+from schemas.events import format_decimal as plain
 
 
 async def account_summary(
@@ -37,10 +38,10 @@ async def account_summary(
         meters.append(
             {
                 "meter": name,
-                "used": str(used),
+                "used": plain(used),
                 "events": total.events if total else 0,
-                "included": str(terms.included) if terms else "0",
-                "limit": str(limit) if limit is not None else None,
+                "included": plain(terms.included) if terms else "0",
+                "limit": plain(limit) if limit is not None else None,
                 "used_percent": f"{used * 100 / limit:.1f}" if limit else None,
                 "enforcement": terms.enforcement.value if terms and limit is not None else None,
             }
@@ -58,13 +59,13 @@ async def account_summary(
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
         "pricebook_version": book.version,
         "meters": meters,
-        "credit_balance": str(sum((g.remaining for g in live), Decimal(0))),
+        "credit_balance": plain(sum((g.remaining for g in live), Decimal(0))),
         "grants": [
             {
                 "grant_id": g.grant_id,
                 "source": g.source,
-                "amount": str(g.amount),
-                "remaining": str(g.remaining),
+                "amount": plain(g.amount),
+                "remaining": plain(g.remaining),
                 "priority": g.priority,
                 "valid_from": g.valid_from.isoformat(),
                 "expires_at": g.expires_at.isoformat() if g.expires_at else None,

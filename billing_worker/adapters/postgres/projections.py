@@ -53,6 +53,7 @@ from billing_worker.adapters.postgres.projection_sql import (
 )
 from billing_worker.adapters.pricebook_file import PriceBookError, parse_pricebook
 from billing_worker.domain.pricebook import PriceBook
+from schemas.events import format_decimal
 
 USAGE_AGGREGATES = "usage_aggregates"
 UNIQUE_VALUES = "meter_unique_values"
@@ -150,7 +151,7 @@ class Difference:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return str(value)
+        return format_decimal(value)
     if isinstance(value, datetime):
         return value.isoformat()
     return value

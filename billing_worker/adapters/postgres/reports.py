@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing_worker.domain.periods import BillingPeriod
+from schemas.events import format_decimal
 
 BY_PLAN = text("""
     SELECT plan, currency, count(*), sum(total) FROM invoices
@@ -47,14 +48,15 @@ async def period_report(conn: AsyncConnection, period: BillingPeriod) -> dict[st
     return {
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
         "by_plan": [
-            {"plan": p, "currency": c, "invoices": n, "revenue": str(Decimal(t))}
+            {"plan": p, "currency": c, "invoices": n, "revenue": format_decimal(Decimal(t))}
             for p, c, n, t in by_plan
         ],
         "by_meter": [
-            {"meter": m, "currency": c, "revenue": str(Decimal(t))} for m, c, t in by_meter
+            {"meter": m, "currency": c, "revenue": format_decimal(Decimal(t))}
+            for m, c, t in by_meter
         ],
         "by_status": [
-            {"status": s, "currency": c, "invoices": n, "amount": str(Decimal(t))}
+            {"status": s, "currency": c, "invoices": n, "amount": format_decimal(Decimal(t))}
             for s, c, n, t in by_status
         ],
         "invoices": sum(n for _s, _c, n, _t in by_status),
