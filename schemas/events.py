@@ -288,7 +288,12 @@ class InvoiceReadyData(_Payload):
     lines: list[InvoiceLineData] = Field(description="The invoice lines, in order.")
     subtotal: DecimalString = Field(description="Sum of the line amounts.")
     credits_applied: NonNegativeDecimalString = Field(
-        description="Prepaid credits used in the period (credits, not money)."
+        description="Prepaid credits grants paid for the period's usage (credits, not money)."
+    )
+    credits_shortfall: NonNegativeDecimalString = Field(
+        default=Decimal(0),
+        description="Credits the period's usage cost beyond every grant; charged on a line "
+        "of its own only when the price book sets credits.shortfall_price.",
     )
     total: DecimalString = Field(description="What is owed.")
     currency: CurrencyCode = Field(description="Lower-case ISO 4217 code, e.g. usd.")

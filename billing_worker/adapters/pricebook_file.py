@@ -127,8 +127,13 @@ class _Reader(PriceReader):
                     "credits for (use a sum or count meter)",
                 )
         credit_terms = self.table(raw.get("credits", {}), "credits")
-        self.only(credit_terms, "credits", ("low_balance",))
+        self.only(credit_terms, "credits", ("low_balance", "shortfall_price"))
         low = self.number(credit_terms.get("low_balance", 0), "credits.low_balance")
+        shortfall_price = None
+        if "shortfall_price" in credit_terms:
+            shortfall_price = self.number(
+                credit_terms["shortfall_price"], "credits.shortfall_price"
+            )
         products = self.named_tables(
             raw.get("credit_products", {}), "credit_products", self.credit_product
         )
@@ -144,6 +149,7 @@ class _Reader(PriceReader):
             credit_products=products,
             stripe_prices=stripe,
             credits_low_balance=low,
+            credit_shortfall_price=shortfall_price,
         )
 
     def check_meters_known(self, by_meter: Mapping[str, object], section: str) -> None:
@@ -316,5 +322,6 @@ class _Reader(PriceReader):
                     )
                 mapped[price_id] = StripePrice(price_id, credit_product=product)
         return MappingProxyType(mapped)
+
 
 __all__ = ["PriceBookError", "default_pricebook_text", "load_pricebook", "parse_pricebook"]

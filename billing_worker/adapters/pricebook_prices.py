@@ -20,6 +20,9 @@ from billing_worker.domain.pricebook import (
     Volume,
 )
 
+MAX_DIMENSION_CHARS = 256
+"""The longest string dimension value an event may carry (the usage schema's limit)."""
+
 
 class PriceReader(ValueReader):
     """The [prices] part of the price-book reader."""
@@ -48,6 +51,12 @@ class PriceReader(ValueReader):
             values = self.table(self.required(table, key, "by_value"), f"{key}.by_value")
             for value, sub in values.items():
                 sub_key = f'{key}.by_value."{value}"'
+                if len(value) > MAX_DIMENSION_CHARS or "\x00" in value:
+                    raise self.fail(
+                        sub_key,
+                        f"no event can carry this value (dimension strings have at most "
+                        f"{MAX_DIMENSION_CHARS} characters and no NUL), so it would never apply",
+                    )
                 sub_table = self.table(sub, sub_key)
                 self.only(
                     sub_table,

@@ -24,6 +24,7 @@ from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import (
     EXACT,
     ZERO,
+    DimensionValue,
     PriceBook,
 )
 from billing_worker.domain.rating import (
@@ -47,7 +48,7 @@ def adjustment_line(
     entries: int,
     first_entry_id: int | None,
     last_entry_id: int | None,
-    dimension_value: str | None = None,
+    dimension_value: DimensionValue | None = None,
     free_quantity: Decimal | None = None,
 ) -> InvoiceLine:
     """Late usage of a closed period: what its line should have cost, less what it did.
@@ -67,7 +68,7 @@ def adjustment_line(
     ``ValueError`` for an unknown meter, a negative quantity, an ``invoiced_amount`` not
     rounded to ``currency``'s minor unit, or a meter priced per dimension without a
     ``dimension_value``: its late usage is priced per value (the meter's total under one
-    model would be wrong; events without the field are keyed ``"null"``).
+    model would be wrong; events without the field have an absent ``DimensionValue``).
     """
     if meter not in book.meters:
         raise ValueError(f"meter {meter!r} is not defined in price book {book.version}")
@@ -108,8 +109,8 @@ def adjustment_line(
         late = new_quantity - invoiced_quantity
     amount = round_money(amount, currency)  # same value, in the minor unit's places
     label = meter
-    if price is not None and price.dimension is not None:
-        label += f" ({price.dimension} {dimension_value})"
+    if price is not None and price.dimension is not None and dimension_value is not None:
+        label += f" ({price.dimension} {dimension_value.label})"
     description = (
         f"late usage of {label} for {period_text(refers_to)}: "
         f"{quantity_text(new_quantity)} used ({change_text(late, invoiced_quantity)} invoiced)"

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from billing_worker.domain.periods import BillingPeriod
-from billing_worker.domain.pricebook import ZERO
+from billing_worker.domain.pricebook import ZERO, DimensionValue
 from billing_worker.domain.rating import TierCharge
 
 PLAN_FEE = "plan_fee"
@@ -18,6 +18,18 @@ ADJUSTMENT = "adjustment"
 LINE_KINDS = (PLAN_FEE, USAGE, CREDITS, ADJUSTMENT)
 MONTHS_PER_YEAR = 12
 """An annual plan's fee is spread over this many monthly periods."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreditUse:
+    """What the credits of a period did: paid by grants, and short of every grant."""
+
+    applied: Decimal = ZERO
+    shortfall: Decimal = ZERO
+
+
+NO_CREDITS = CreditUse()
+"""A period without credit-priced usage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +60,9 @@ class MeterUsage:
     """Ledger entries behind it."""
     first_entry_id: int | None = None
     last_entry_id: int | None = None
-    by_dimension: Mapping[str, Decimal] = field(default_factory=dict)
-    """For meters priced per dimension: the total per dimension value (keys as the price
-    book spells them, see :func:`~billing_worker.domain.pricebook.dimension_key`)."""
+    by_dimension: Mapping[DimensionValue, Decimal] = field(default_factory=dict)
+    """For meters priced per dimension: the total per dimension value, each kind of value
+    apart (see :class:`~billing_worker.domain.pricebook.DimensionValue`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +77,7 @@ class InvoiceLine:
     amount: Decimal
     """Rounded once, to the currency's minor unit."""
     meter: str | None = None
-    dimension_value: str | None = None
+    dimension_value: DimensionValue | None = None
     quantity: Decimal = ZERO
     """Usage lines: the usage; plan fees: the fraction of the period; credits: the
     credits; adjustments: the corrected period total."""
@@ -100,7 +112,10 @@ class InvoiceDraft:
     subtotal: Decimal
     """Sum of the line amounts."""
     credits_applied: Decimal
-    """Credits burned in the period: informational, credits are prepaid, not money."""
+    """Credits grants paid for usage in the period (informational: prepaid, not money)."""
+    credits_shortfall: Decimal
+    """Credits the period's usage cost beyond every grant (charged only at the price
+    book's ``credits.shortfall_price``)."""
     total: Decimal
     """``== subtotal`` (no taxes or discounts yet). Non-negative unless an adjustment is
     negative; a negative total is owed to the account (see the module docstring)."""
@@ -119,7 +134,7 @@ class LateUsage:
     entries: int
     first_entry_id: int
     last_entry_id: int
-    dimension_value: str | None = None
+    dimension_value: DimensionValue | None = None
     free_quantity: Decimal | None = None
 
 
@@ -135,6 +150,7 @@ class StoredInvoice:
     currency: str
     subtotal: Decimal
     credits_applied: Decimal
+    credits_shortfall: Decimal
     total: Decimal
     pricebook_version: str
     last_entry_id: int | None

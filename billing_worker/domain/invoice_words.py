@@ -36,15 +36,20 @@ MICROSECONDS_PER_DAY = 86_400_000_000
 
 
 def quantity_text(value: Decimal) -> str:
-    """``1,234,567``; ``2.5``; more than 6 places shown rounded to 6 (exact in the fields)."""
-    with localcontext(QUOTIENT):
-        exponent = value.as_tuple().exponent
-        if isinstance(exponent, int) and exponent < -DISPLAY_PLACES:
-            value = value.quantize(DISPLAY_QUANTUM)
-        text = f"{value:,f}"
+    """``1,234,567``; ``2.5``; ``~1,216,666.666667`` (more than 6 places: rounded to 6 and
+    marked ``~``; the line's fields keep it exact); ``0.0000001`` (a non-zero value that
+    would round to 0 is shown whole, so a line that reads "0 used" used nothing)."""
+    exponent = value.as_tuple().exponent
+    prefix = ""
+    if isinstance(exponent, int) and exponent < -DISPLAY_PLACES:
+        with localcontext(QUOTIENT):
+            rounded = value.quantize(DISPLAY_QUANTUM)
+        if rounded not in (0, value):
+            value, prefix = rounded, "~"
+    text = f"{value:,f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    return "0" if text in ("-0", "") else prefix + text
 
 
 def money_text(value: Decimal, currency: str) -> str:

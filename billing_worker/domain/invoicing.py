@@ -74,8 +74,10 @@ from billing_worker.domain.invoice_model import (
     ADJUSTMENT,
     CREDITS,
     MONTHS_PER_YEAR,
+    NO_CREDITS,
     PLAN_FEE,
     USAGE,
+    CreditUse,
     InvoiceDraft,
     InvoiceLine,
     MeterUsage,
@@ -96,6 +98,7 @@ from billing_worker.domain.pricebook import (
     AGGREGATIONS_THAT_ADD,
     EXACT,
     ZERO,
+    DimensionValue,
     Interval,
     Meter,
     MeterPrice,
@@ -125,7 +128,7 @@ def build_invoice(
     period: BillingPeriod,
     spans: Sequence[PlanSpan],
     usage: Sequence[MeterUsage],
-    credits_used: Decimal = ZERO,
+    credit_use: CreditUse = NO_CREDITS,
     adjustments: Sequence[InvoiceLine] = (),
     cycle_period: BillingPeriod | None = None,
     cycle_months: int = 1,
@@ -141,7 +144,9 @@ def build_invoice(
     Lines, in order: one ``plan_fee`` line per span (a $0 plan still has its 0.00 line:
     an invoice always names its plan); one ``usage`` line per meter with usage (meters
     sorted by name; one per dimension value for per-dimension prices, values sorted); a
-    ``credits`` line (amount 0) when ``credits_used > 0``; ``adjustments`` as given.
+    ``credits`` line (amount 0) for the credits grants paid, when any; a ``credits`` line
+    for the credits no grant covered, when any, charged at the price book's
+    ``credit_shortfall_price`` (0 without one); ``adjustments`` as given.
 
     A meter without a price in the book (an allowance-only meter, a credit-priced one)
     gets a 0.00 line when it has usage, so the usage shows; a meter without usage (no
@@ -150,7 +155,7 @@ def build_invoice(
     ``ValueError`` when the spans do not cover the period in order without gaps or
     overlaps, a plan's currency is not the book's, a usage names an unknown meter or a
     meter twice, a quantity is negative, a sum meter's ``by_dimension`` does not add up to
-    its quantity, ``credits_used`` is negative, or an adjustment is not an ``adjustment``
+    its quantity, a credit figure is negative, or an adjustment is not an ``adjustment``
     line of an earlier period rounded to the currency's minor unit.
     """
     currency = book.currency
@@ -168,8 +173,8 @@ def build_invoice(
                 f"plan {span.plan} is priced in {plan.currency}, the price book in {currency}: "
                 "an invoice has one currency"
             )
-    if not credits_used.is_finite() or credits_used < 0:
-        raise ValueError(f"credits_used must be a non-negative number, not {credits_used}")
+    check_quantity(credit_use.applied, "credits applied")
+    check_quantity(credit_use.shortfall, "credit shortfall")
     by_meter = _usage_by_meter(book, usage)
     for line in adjustments:
         _check_adjustment(line, period, currency)
@@ -181,16 +186,7 @@ def build_invoice(
             continue
         allowance = prorated_allowance(book, name, spans, basis)
         lines.extend(_usage_lines(book, meter_usage, allowance, currency))
-    if credits_used > 0:
-        lines.append(
-            InvoiceLine(
-                kind=CREDITS,
-                description=f"{quantity_text(credits_used)} credits applied",
-                amount=round_money(ZERO, currency),
-                quantity=credits_used,
-                price="prepaid credits, no charge on this invoice",
-            )
-        )
+    lines.extend(_credit_lines(book, credit_use, currency))
     lines.extend(adjustments)
 
     with localcontext(EXACT):
@@ -203,9 +199,45 @@ def build_invoice(
         pricebook_version=book.version,
         lines=tuple(lines),
         subtotal=subtotal,
-        credits_applied=credits_used,
+        credits_applied=credit_use.applied,
+        credits_shortfall=credit_use.shortfall,
         total=subtotal,
     )
+
+
+def _credit_lines(book: PriceBook, use: CreditUse, currency: str) -> list[InvoiceLine]:
+    """What grants paid (no charge: credits are prepaid), and what no grant covered."""
+    lines = []
+    if use.applied > 0:
+        lines.append(
+            InvoiceLine(
+                kind=CREDITS,
+                description=f"{quantity_text(use.applied)} credits applied",
+                amount=round_money(ZERO, currency),
+                quantity=use.applied,
+                price="prepaid credits, no charge on this invoice",
+            )
+        )
+    if use.shortfall > 0:
+        price = book.credit_shortfall_price
+        with localcontext(EXACT):
+            exact = ZERO if price is None else use.shortfall * price
+        lines.append(
+            InvoiceLine(
+                kind=CREDITS,
+                description=f"{quantity_text(use.shortfall)} credits not covered by a grant",
+                amount=round_money(exact, currency),
+                quantity=use.shortfall,
+                billable=use.shortfall if price is not None else ZERO,
+                price=(
+                    "not charged (the price book sets no use.shortfall_price)"
+                    if price is None
+                    else f"{money_text(price, currency)} per credit not covered"
+                ),
+                unrounded=exact,
+            )
+        )
+    return lines
 
 
 def _usage_by_meter(book: PriceBook, usage: Sequence[MeterUsage]) -> dict[str, MeterUsage]:
@@ -351,7 +383,7 @@ class _Rated:
     """One usage line's figures, exact."""
 
     model: PriceModel
-    dimension_value: str | None
+    dimension_value: DimensionValue | None
     quantity: Decimal
     included: Decimal
     free: Decimal
@@ -365,7 +397,7 @@ def _rated_line(
 ) -> InvoiceLine:
     label = meter.name
     if rated.dimension_value is not None:
-        label += f" ({price.dimension} {rated.dimension_value})"
+        label += f" ({price.dimension} {rated.dimension_value.label})"
     figures = usage_text(rated.quantity, rated.included, rated.free, rated.billable)
     return InvoiceLine(
         kind=USAGE,

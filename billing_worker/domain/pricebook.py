@@ -197,23 +197,61 @@ class MeterPrice:
     dimension: str | None = None
     by_value: Mapping[str, PriceModel] = field(default_factory=dict)
 
-    def model_for(self, dimension_value: Scalar) -> PriceModel:
-        """The model for events carrying ``dimension_value`` in the price's dimension."""
-        if self.dimension is None or dimension_value is None:
+    def model_for(self, value: DimensionValue | None) -> PriceModel:
+        """The model for events carrying ``value`` in the price's dimension: a string's own
+        model in ``by_value``; the default model for any other value, for an event
+        without the field, and for a string ``by_value`` does not name."""
+        if self.dimension is None or value is None or value.kind is not DimensionKind.STRING:
             return self.model
-        return self.by_value.get(dimension_key(dimension_value), self.model)
+        return self.by_value.get(value.text, self.model)
 
 
-def dimension_key(value: Scalar) -> str:
-    """A dimension value as a price-book key: strings as they are, other scalars as JSON
-    spells them (``true``, ``1``, ``1.5``), so ``by_value`` keys match what producers send."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+class DimensionKind(enum.StrEnum):
+    """What an event carried in a dimension field, as JSON types go."""
+
+    STRING = "string"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    NULL = "null"
+    ABSENT = "absent"
+    """The event had no such field."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class DimensionValue:
+    """One value of a priced dimension, told apart by kind: the string ``"7"`` is not the
+    number 7, ``"null"`` is not JSON null, and neither is an event without the field.
+    ``text`` is the string itself, or the JSON spelling of a number or boolean
+    (``7``, ``1.5``, ``true``); ``null`` and ``""`` for null and absent."""
+
+    text: str
+    kind: DimensionKind = DimensionKind.STRING
+
+    @classmethod
+    def of(cls, dimensions: Mapping[str, Scalar], name: str) -> DimensionValue:
+        """The value of field ``name`` among an event's ``dimensions``."""
+        if name not in dimensions:
+            return cls("", DimensionKind.ABSENT)
+        value = dimensions[name]
+        if value is None:
+            return cls("null", DimensionKind.NULL)
+        if isinstance(value, bool):
+            return cls("true" if value else "false", DimensionKind.BOOLEAN)
+        if isinstance(value, str):
+            return cls(value)
+        return cls(str(value), DimensionKind.NUMBER)
+
+    @property
+    def label(self) -> str:
+        """As an invoice line names it: the string itself; ``(no value)`` for an absent
+        field; ``null``, numbers and booleans with their kind (``7 (a number)``)."""
+        if self.kind is DimensionKind.STRING:
+            return self.text
+        if self.kind is DimensionKind.ABSENT:
+            return "(no value)"
+        if self.kind is DimensionKind.NULL:
+            return "null (JSON null)"
+        return f"{self.text} (a {self.kind})"
 
 
 # --- plans, credits -----------------------------------------------------------------------
@@ -323,6 +361,9 @@ class PriceBook:
     credit_products: Mapping[str, CreditProduct] = field(default_factory=dict)
     stripe_prices: Mapping[str, StripePrice] = field(default_factory=dict)
     credits_low_balance: Decimal = ZERO
+    credit_shortfall_price: Decimal | None = None
+    """Money per credit that usage cost beyond every grant (``[credits] shortfall_price``);
+    None: a shortfall is shown on the invoice, not charged."""
     digest: str = ""
     """SHA-256 of the source text, so one version can't silently mean two price books."""
     source: str = field(default="", repr=False)

@@ -42,13 +42,13 @@ from typing import assert_never
 
 from billing_worker.domain.pricebook import (
     ZERO,
+    DimensionValue,
     Free,
     Graduated,
     MeterPrice,
     Package,
     PerUnit,
     PriceModel,
-    Scalar,
     Tier,
     Volume,
 )
@@ -347,7 +347,7 @@ def rate_line(
     quantity: Decimal,
     *,
     included: Decimal = ZERO,
-    dimension_value: Scalar = None,
+    dimension_value: DimensionValue | None = None,
 ) -> RatedLine:
     """Rate a meter's period ``quantity`` under ``price``: the exact invoice line.
 

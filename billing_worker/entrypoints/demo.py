@@ -295,7 +295,7 @@ class Demo:
             "",
         )
         if await show_invoice(
-            self._engine(), invoice_id, explain=False, as_json=False, out=self.out
+            self._engine(), self.book, invoice_id, explain=False, as_json=False, out=self.out
         ):
             raise DemoError(f"no invoice {invoice_id} after closing the period")
         self.say(

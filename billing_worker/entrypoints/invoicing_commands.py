@@ -11,21 +11,20 @@ from typing import Any, TextIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from billing_worker.adapters.postgres.invoice_store import PostgresInvoices
+from billing_worker.adapters.postgres.invoice_document import invoice_document
 from billing_worker.adapters.postgres.reports import period_report
 from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.config import Settings
-from billing_worker.domain.periods import BillingPeriod, calendar_month_of
+from billing_worker.domain.periods import calendar_month_of
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.entrypoints.cli_support import (
     command_database,
     configured_pricebook,
     iso_time,
     table,
+    write_json,
 )
 from billing_worker.service.invoices import InvoiceNotFound, close_due_periods, move_invoice
-
-EXPLAIN_ENTRIES = 20
 
 
 def add_invoicing_commands(commands: Any) -> None:
@@ -109,7 +108,7 @@ async def _run(
         return 0
     if args.action == "show":
         return await show_invoice(
-            engine, args.invoice_id, explain=args.explain, as_json=args.json, out=out
+            engine, book, args.invoice_id, explain=args.explain, as_json=args.json, out=out
         )
     status = {"void": "void", "finalize": "open"}.get(args.action, "uncollectible")
     try:
@@ -124,113 +123,86 @@ async def _run(
 
 
 async def show_invoice(
-    engine: AsyncEngine, invoice_id: str, *, explain: bool, as_json: bool, out: TextIO
+    engine: AsyncEngine,
+    book: PriceBook,
+    invoice_id: str,
+    *,
+    explain: bool,
+    as_json: bool,
+    out: TextIO,
 ) -> int:
     """Print invoice ``invoice_id`` (``invoice show``; the demo prints its invoice with it);
     exit status 1 when there is no such invoice."""
     async with engine.connect() as conn:
-        store = PostgresInvoices(conn)
-        invoice = await store.get(invoice_id)
-        if invoice is None:
-            sys.stderr.write(f"no invoice {invoice_id!r}\n")
-            return 1
-        lines = await store.lines(invoice_id)
-        for line in lines:
-            line["ledger_entries"] = []
-            if explain and line["meter"] and line["first_entry_id"] is not None:
-                period = invoice.period
-                if line["refers_to_start"] is not None:
-                    period = BillingPeriod(line["refers_to_start"], line["refers_to_end"])
-                line["ledger_entries"] = await store.line_entries(
-                    invoice.account,
-                    period,
-                    line["meter"],
-                    first=line["first_entry_id"],
-                    last=line["last_entry_id"],
-                    limit=EXPLAIN_ENTRIES,
-                )
+        invoice = await invoice_document(conn, book, invoice_id, explain=explain)
+    if invoice is None:
+        sys.stderr.write(f"no invoice {invoice_id!r}\n")
+        return 1
     if as_json:
-        out.write(
-            json.dumps(
-                {
-                    "invoice_id": invoice.invoice_id,
-                    "account": invoice.account,
-                    "period": {
-                        "start": invoice.period.start.isoformat(),
-                        "end": invoice.period.end.isoformat(),
-                    },
-                    "status": invoice.status,
-                    "plan": invoice.plan,
-                    "currency": invoice.currency,
-                    "subtotal": str(invoice.subtotal),
-                    "credits_applied": str(invoice.credits_applied),
-                    "total": str(invoice.total),
-                    "pricebook_version": invoice.pricebook_version,
-                    "stripe_invoice_id": invoice.stripe_invoice_id,
-                    "stripe_sync_error": invoice.stripe_sync_error,
-                    "lines": lines,
-                },
-                indent=2,
-                default=str,
-            )
-            + "\n"
-        )
+        write_json(out, invoice)
         return 0
     out.write(
-        f"invoice {invoice.invoice_id} — account {invoice.account}, "
-        f"{invoice.period.start:%Y-%m-%d} .. {invoice.period.end:%Y-%m-%d}, "
-        f"plan {invoice.plan}, {invoice.status}, price book {invoice.pricebook_version}\n"
+        f"invoice {invoice['invoice_id']} — account {invoice['account']}, "
+        f"{invoice['period']['start'][:10]} .. {invoice['period']['end'][:10]}, "
+        f"plan {invoice['plan']}, {invoice['status']}, price book {invoice['pricebook_version']}\n"
     )
-    if invoice.stripe_invoice_id or invoice.stripe_sync_error:
+    if invoice["stripe_invoice_id"] or invoice["stripe_sync_error"]:
+        error = invoice["stripe_sync_error"]
         out.write(
-            f"stripe: {invoice.stripe_invoice_id or '-'}"
-            + (f" (sync error: {invoice.stripe_sync_error})" if invoice.stripe_sync_error else "")
+            f"stripe: {invoice['stripe_invoice_id'] or '-'}"
+            + (f" (sync error: {error})" if error else "")
             + "\n"
         )
     out.write("\n")
+    lines = invoice["lines"]
     rows = [
         [x["line_no"], x["kind"], x["description"], x["price"] or "", x["amount"]] for x in lines
     ]
-    rows.append(["", "", "subtotal", "", invoice.subtotal])
-    rows.append(["", "", f"credits applied: {invoice.credits_applied}", "", ""])
-    rows.append(["", "", f"TOTAL ({invoice.currency})", "", invoice.total])
+    rows.append(["", "", "subtotal", "", invoice["subtotal"]])
+    credit_words = f"credits applied: {invoice['credits_applied']}"
+    if invoice["credits_shortfall"] != "0":
+        credit_words += f"; not covered by a grant: {invoice['credits_shortfall']}"
+    rows.append(["", "", credit_words, "", ""])
+    rows.append(["", "", f"TOTAL ({invoice['currency']})", "", invoice["total"]])
     table(out, ["#", "kind", "description", "price", "amount"], rows)
     if explain:
         for line in lines:
-            out.write(f"\nline {line['line_no']} ({line['kind']}): {line['description']}\n")
-            out.write(
-                f"  quantity {line['quantity']}, included {line['included']}, free "
-                f"{line['free_quantity']}, billable {line['billable']}; exact amount "
-                f"{line['unrounded']}, rounded once to {line['amount']}\n"
-            )
-            for tier in line["tiers"]:
-                out.write(
-                    f"  tier {tier['tier']}: {tier['units']} units ({tier['from']}..{tier['to']}) "
-                    f"at {tier['unit_price']} + {tier['flat_fee']} = {tier['amount']}\n"
-                )
-            if line["entries"]:
-                out.write(
-                    f"  {line['entries']} ledger entries, ids {line['first_entry_id']}.."
-                    f"{line['last_entry_id']}"
-                    + (
-                        f" (first {EXPLAIN_ENTRIES}):\n"
-                        if line["entries"] > EXPLAIN_ENTRIES
-                        else ":\n"
-                    )
-                )
-                for entry in line["ledger_entries"]:
-                    out.write(
-                        f"    #{entry['entry_id']} {entry['event_source']}/{entry['event_id']} "
-                        f"{entry['event_type']} {entry['quantity']} at "
-                        f"{entry['occurred_at']:%Y-%m-%d %H:%M:%S} "
-                        f"(price book {entry['pricebook_version']})\n"
-                    )
+            _explain_line(line, out)
     return 0
+
+
+def _explain_line(line: dict[str, Any], out: TextIO) -> None:
+    out.write(f"\nline {line['line_no']} ({line['kind']}): {line['description']}\n")
+    out.write(
+        f"  quantity {line['quantity']}, included {line['included']}, free "
+        f"{line['free_quantity']}, billable {line['billable']}; exact amount "
+        f"{line['unrounded']}, rounded once to {line['amount']}\n"
+    )
+    for tier in line["tiers"]:
+        out.write(
+            f"  tier {tier['tier']}: {tier['units']} units ({tier['from']}..{tier['to']}) "
+            f"at {tier['unit_price']} + {tier['flat_fee']} = {tier['amount']}\n"
+        )
+    behind = line["entries_behind"]
+    if not behind:
+        return
+    listed = line["ledger_entries"]
+    more = f" (first {len(listed)}):\n" if behind > len(listed) else ":\n"
+    out.write(
+        f"  {behind} ledger entries, ids {line['first_entry_id']}..{line['last_entry_id']}" + more
+    )
+    for entry in listed:
+        out.write(
+            f"    #{entry['entry_id']} {entry['event_source']}/{entry['event_id']} "
+            f"{entry['event_type']} {entry['quantity']} at "
+            f"{entry['occurred_at'][:19].replace('T', ' ')} "
+            f"(price book {entry['pricebook_version']})\n"
+        )
 
 
 def _print_report(report: dict[str, Any], *, as_json: bool, out: TextIO) -> None:
     if as_json:
-        out.write(json.dumps(report, indent=2) + "\n")
+        write_json(out, report)
         return
     out.write(
         f"report {report['period']['start'][:7]}: {report['invoices']} invoice(s), "
@@ -255,4 +227,8 @@ def _print_report(report: dict[str, Any], *, as_json: bool, out: TextIO) -> None
         ["status", "currency", "invoices", "amount"],
         [[r["status"], r["currency"], r["invoices"], r["amount"]] for r in report["by_status"]]
         or [["(none)", "", "", ""]],
+    )
+    credit = report["credits"]
+    out.write(
+        f"\ncredits: {credit['applied']} applied, {credit['shortfall']} not covered by a grant\n"
     )

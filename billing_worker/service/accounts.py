@@ -144,7 +144,7 @@ async def apply_plan_change(
         )
         if previous_plan is not None and previous_plan != plan:
             await uow.credits.end_plan_grants(account, usage_period, now, book.version)
-            await uow.credits.allocate_plan_grants([(account, usage_period)], book)
+            await uow.credits.allocate_plan_grants([(account, usage_period)], book, now)
         usage = await uow.accounts.period_usage(account, usage_period)
         crossings = crossed_thresholds(
             book,

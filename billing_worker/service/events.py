@@ -191,6 +191,7 @@ def invoice_ready(invoice_id: str, draft: InvoiceDraft, *, at: datetime) -> Outg
         lines=lines,
         subtotal=draft.subtotal,
         credits_applied=draft.credits_applied,
+        credits_shortfall=draft.credits_shortfall,
         total=draft.total,
         currency=draft.currency,
         pricebook_version=draft.pricebook_version,

@@ -136,7 +136,7 @@ async def close_period(
             period=period,
             spans=spans,
             usage=usage,
-            credits_used=credits_used,
+            credit_use=credits_used,
             adjustments=adjustments,
             cycle_period=cycle_period,
             cycle_months=cycle_months,
@@ -161,6 +161,9 @@ async def close_period(
         )
         if not review:
             await uow.outbox.add([invoice_ready(invoice_id, draft, at=now)])
+        # what is left of the period's plan grants ends with the period's invoice: late usage
+        # of it from now on is adjusted on the next invoice, not paid by them
+        await uow.credits.end_plan_grants(account, period, period.end, book.version)
         await uow.schedule.advance(account, calendar)
         await uow.commit()
     return Closed(invoice_id, account, period, str(draft.total), draft.currency)

@@ -10,7 +10,13 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from billing_worker.domain.credits import BurnResult, GrantBalance
-from billing_worker.domain.invoice_model import InvoiceDraft, LateUsage, MeterUsage, StoredInvoice
+from billing_worker.domain.invoice_model import (
+    CreditUse,
+    InvoiceDraft,
+    LateUsage,
+    MeterUsage,
+    StoredInvoice,
+)
 from billing_worker.domain.periods import BillingPeriod, CycleChange, PeriodCalendar
 from billing_worker.domain.pricebook import CreditSource, PriceBook
 from billing_worker.domain.quotas import PeriodUsage, ThresholdCrossing
@@ -107,9 +113,10 @@ class CreditStore(Protocol):
     """Credit grants and the credit ledger."""
 
     async def allocate_plan_grants(
-        self, needed: Sequence[tuple[str, BillingPeriod]], book: PriceBook
+        self, needed: Sequence[tuple[str, BillingPeriod]], book: PriceBook, now: datetime
     ) -> None:
-        """Grant each (account, period) its plan's credits, once ever."""
+        """Grant each (account, period) its plan's credits, once ever: the plan in force,
+        or at the end of a period already over by ``now``."""
         ...
 
     async def live_grants(self, accounts: Sequence[str], now: datetime) -> list[GrantBalance]:
@@ -272,8 +279,8 @@ class InvoiceStore(Protocol):
         """Each meter's period total with the ledger entries behind it."""
         ...
 
-    async def credits_used(self, account: str, period: BillingPeriod) -> Decimal:
-        """Credits burned (and short) by usage in the period."""
+    async def credits_used(self, account: str, period: BillingPeriod) -> CreditUse:
+        """Credits grants paid for usage in the period, and those no grant covered."""
         ...
 
     async def late_usage(

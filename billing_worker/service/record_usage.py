@@ -114,10 +114,17 @@ async def _apply(
     charges = credit_charges(entries, book)
     if not charges:
         return
-    # Plan grants of periods already over are not allocated: late usage for them burns
+    # A period's plan grant pays for its usage until the period is invoiced, late usage
+    # included, exactly as if it had come on time; after the close, late usage burns
     # purchased or promotional credits, or is a shortfall.
-    needed = sorted({(c.account, c.period) for c in charges if c.period.end > now})
-    await uow.credits.allocate_plan_grants(needed, book)
+    periods = {(c.account, c.period) for c in charges}
+    ended = sorted({(a, p.start) for a, p in periods if p.end <= now})
+    invoiced = await uow.invoices.closed_periods(ended) if ended else set()
+    needed = sorted(
+        ((a, p) for a, p in periods if (a, p.start) not in invoiced),
+        key=lambda pair: (pair[0], pair[1].start),
+    )
+    await uow.credits.allocate_plan_grants(needed, book, now)
     grants = await uow.credits.live_grants(sorted({c.account for c in charges}), now)
     burn = burn_credits(grants, charges, low_balance=book.credits_low_balance)
     await uow.credits.record_burns(burn, book.version)

@@ -443,7 +443,7 @@ class TestPlanChange:
         uow = lambda: PostgresUnitOfWork(engine)  # noqa: E731
         await record(engine, [usage(quantity=1)])
         async with PostgresUnitOfWork(engine) as batch:
-            await batch.credits.allocate_plan_grants([("acct_1", PERIOD)], FEATURES_BOOK)
+            await batch.credits.allocate_plan_grants([("acct_1", PERIOD)], FEATURES_BOOK, NOW)
             change = asyncio.create_task(
                 change_plan(
                     uow, FEATURES_BOOK, account="acct_1", plan="BIG", change_id="c", now=NOW

@@ -6,6 +6,7 @@ Expected amounts are worked out by hand in each test, never by calling the code 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,12 +16,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing_worker.adapters.pricebook_file import parse_pricebook
+from billing_worker.adapters.pricebook_file import default_pricebook_text, parse_pricebook
 from billing_worker.domain.invoice_adjustments import adjustment_line
-from billing_worker.domain.invoice_model import InvoiceDraft, InvoiceLine, MeterUsage, PlanSpan
+from billing_worker.domain.invoice_model import (
+    CreditUse,
+    InvoiceDraft,
+    InvoiceLine,
+    MeterUsage,
+    PlanSpan,
+)
+from billing_worker.domain.invoice_words import quantity_text
 from billing_worker.domain.invoicing import build_invoice
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
-from billing_worker.domain.pricebook import PriceBook
+from billing_worker.domain.pricebook import DimensionKind, DimensionValue, PriceBook
 from billing_worker.domain.proration import prorate
 from billing_worker.domain.rating import TierCharge
 from tests.pricebooks import DEFAULT_BOOK, FEATURES_BOOK
@@ -65,6 +73,15 @@ def invoice(
         usage=usage,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def values(**totals: Decimal) -> dict[DimensionValue, Decimal]:
+    """Per-value totals of string dimension values."""
+    return {DimensionValue(text): total for text, total in totals.items()}
+
+
+def text_of(line: InvoiceLine) -> str | None:
+    return None if line.dimension_value is None else line.dimension_value.text
 
 
 def places(amount: Decimal) -> int:
@@ -340,7 +357,7 @@ class TestZeroUsageAndCredits:
             DEFAULT_BOOK,
             [MeterUsage("api_calls", D(130), 130)],
             plan="FREE",
-            credits_used=D(130),
+            credit_use=CreditUse(D(130)),
         )
         assert amounts(draft) == [
             ("plan_fee", None, D("0.00")),
@@ -352,14 +369,41 @@ class TestZeroUsageAndCredits:
         assert draft.credits_applied == D(130)
         assert draft.total == 0
 
+    def test_a_shortfall_is_its_own_figure_and_not_charged_by_default(self) -> None:
+        """12 calls at 0.25 credits with no grant: nothing applied, 3 credits short, shown
+        on a line of their own at 0.00 (no shortfall price in the book)."""
+        draft = invoice(
+            DEFAULT_BOOK,
+            [MeterUsage("api_calls", D(12), 12)],
+            plan="FREE",
+            credit_use=CreditUse(D(0), D(3)),
+        )
+        assert (draft.credits_applied, draft.credits_shortfall) == (D(0), D(3))
+        line = draft.lines[-1]
+        assert (line.kind, line.amount, line.quantity) == ("credits", D("0.00"), D(3))
+        assert line.description == "3 credits not covered by a grant"
+        assert "not charged" in line.price
+        assert not any(ln.description.endswith("credits applied") for ln in draft.lines)
+
+    def test_a_priced_shortfall_is_charged_once(self) -> None:
+        """With credits.shortfall_price = 0.015, 48.086905 credits applied and 12.982905 short
+        cost 12.982905 x 0.015 = 0.194743575, rounded once to 0.19."""
+        book = dataclasses.replace(DEFAULT_BOOK, credit_shortfall_price=D("0.015"))
+        draft = invoice(book, [], plan="FREE", credit_use=CreditUse(D("35.104"), D("12.982905")))
+        applied, short = draft.lines[-2:]
+        assert (applied.description, applied.amount) == ("35.104 credits applied", D("0.00"))
+        assert (short.amount, short.unrounded) == (D("0.19"), D("0.194743575"))
+        assert short.price == "0.015 per credit not covered"
+        assert draft.total == D("0.19")
+
     def test_no_credits_no_line(self) -> None:
-        """credits_used of 0 adds no line."""
-        draft = invoice(DEFAULT_BOOK, [], plan="FREE", credits_used=D(0))
+        """No credits applied or short adds no line."""
+        draft = invoice(DEFAULT_BOOK, [], plan="FREE", credit_use=CreditUse(D(0)))
         assert [line.kind for line in draft.lines] == ["plan_fee"]
 
     def test_fractional_credits(self) -> None:
         """Credits are exact: 2.5 credits read as such."""
-        draft = invoice(FEATURES_BOOK, [], credits_used=D("2.5"))
+        draft = invoice(FEATURES_BOOK, [], credit_use=CreditUse(D("2.5")))
         assert draft.lines[-1].description == "2.5 credits applied"
         assert draft.credits_applied == D("2.5")
 
@@ -425,7 +469,7 @@ class TestPlanChange:
         assert tokens.included == D("1216666.666666666666666667")
         assert (
             tokens.description
-            == "tokens: 2,000,000 used, 1,216,666.666667 included (no usage charge)"
+            == "tokens: 2,000,000 used, ~1,216,666.666667 included (no usage charge)"
         )
 
     def test_non_terminating_allowance_rounds_up(self) -> None:
@@ -506,13 +550,13 @@ class TestPerDimension:
                     3,
                     1,
                     3,
-                    by_dimension={"llama-3": D(10), "gpt-4": D(12_345), "claude": D(10)},
+                    by_dimension=values(**{"llama-3": D(10), "gpt-4": D(12_345), "claude": D(10)}),
                 )
             ],
             plan="FREE",
         )
         lines = draft.lines[1:]
-        assert [(line.dimension_value, line.amount) for line in lines] == [
+        assert [(text_of(line), line.amount) for line in lines] == [
             ("claude", D("0.00")),
             ("gpt-4", D("24.69")),
             ("llama-3", D("0.00")),
@@ -524,15 +568,46 @@ class TestPerDimension:
         assert all(line.meter == "inference_tokens" for line in lines)
         assert draft.total == D("24.69")
 
+    def test_absent_null_and_numbers_are_neither_merged_nor_priced_as_strings(self) -> None:
+        """A book pricing the strings "null" and "7": the string "null" and the string "7"
+        get those prices; an event without the field, JSON null and the number 7 are each
+        their own line at the default model, named by kind."""
+        book = parse_pricebook(
+            default_pricebook_text().replace(
+                '[prices.inference_tokens.by_value."gpt-4"]',
+                '[prices.inference_tokens.by_value."null"]\nmodel = "per_unit"\n'
+                'unit_price = "100"\n[prices.inference_tokens.by_value."7"]\n'
+                'model = "per_unit"\nunit_price = "10"\n[prices.inference_tokens.by_value.x]',
+            )
+        )
+        usage = {
+            DimensionValue("null"): D(1),
+            DimensionValue("7"): D(1),
+            DimensionValue("", DimensionKind.ABSENT): D(1),
+            DimensionValue("null", DimensionKind.NULL): D(1),
+            DimensionValue("7", DimensionKind.NUMBER): D(1),
+        }
+        draft = invoice(
+            book, [MeterUsage("inference_tokens", D(5), 5, 1, 5, by_dimension=usage)], plan="FREE"
+        )
+        lines = {ln.description.split(":")[0]: ln.amount for ln in draft.lines[1:]}
+        assert lines == {
+            "inference_tokens (model (no value))": D("0.00"),
+            "inference_tokens (model 7)": D("10.00"),
+            "inference_tokens (model 7 (a number))": D("0.00"),
+            "inference_tokens (model null)": D("100.00"),
+            "inference_tokens (model null (JSON null))": D("0.00"),
+        }
+
     def test_free_quantity_taken_in_sorted_order(self) -> None:
         """15 free images for the meter: a (sorted first) uses 10 of them, b the other 5,
         so b bills 5 at 1.00 = 5.00 and c (free model) bills its 3 at 0."""
         draft = invoice(
             MODELS_BOOK,
-            [MeterUsage("gen", D(23), 23, by_dimension={"b": D(10), "c": D(3), "a": D(10)})],
+            [MeterUsage("gen", D(23), 23, by_dimension=values(b=D(10), c=D(3), a=D(10)))],
         )
         lines = [line for line in draft.lines if line.meter == "gen"]
-        assert [(ln.dimension_value, ln.free_quantity, ln.billable, ln.amount) for ln in lines] == [
+        assert [(text_of(ln), ln.free_quantity, ln.billable, ln.amount) for ln in lines] == [
             ("a", D(10), D(0), D("0.00")),
             ("b", D(5), D(5), D("5.00")),
             ("c", D(0), D(3), D("0.00")),
@@ -543,7 +618,7 @@ class TestPerDimension:
     def test_free_quantity_spread_over_small_values(self) -> None:
         """a has only 4: the remaining 11 free images go to b (12 -> 1 billable)."""
         draft = invoice(
-            MODELS_BOOK, [MeterUsage("gen", D(16), 2, by_dimension={"a": D(4), "b": D(12)})]
+            MODELS_BOOK, [MeterUsage("gen", D(16), 2, by_dimension=values(a=D(4), b=D(12)))]
         )
         lines = [line for line in draft.lines if line.meter == "gen"]
         assert [(ln.free_quantity, ln.billable) for ln in lines] == [(D(4), 0), (D(11), D(1))]
@@ -559,7 +634,7 @@ class TestPerDimension:
     def test_breakdown_must_add_up(self) -> None:
         """A sum meter whose values don't add up to its total is refused."""
         with pytest.raises(ValueError, match="add up to 11, not to the period's 12"):
-            invoice(MODELS_BOOK, [MeterUsage("gen", D(12), 2, by_dimension={"a": D(5), "b": D(6)})])
+            invoice(MODELS_BOOK, [MeterUsage("gen", D(12), 2, by_dimension=values(a=D(5), b=D(6)))])
 
 
 class TestRounding:
@@ -624,7 +699,7 @@ class TestAdjustments:
             FEATURES_BOOK,
             [MeterUsage("tokens", D(1_200), 2)],
             plan="BASIC",
-            credits_used=D(10),
+            credit_use=CreditUse(D(10)),
             adjustments=[line],
         )
         assert [ln.kind for ln in draft.lines] == [
@@ -694,8 +769,9 @@ class TestAdjustments:
             "first_entry_id": 1,
             "last_entry_id": 1,
         }
-        line = adjustment_line(DEFAULT_BOOK, dimension_value="gpt-4", **common)  # type: ignore[arg-type]
-        assert (line.amount, line.dimension_value) == (D("1.00"), "gpt-4")
+        gpt4 = DimensionValue("gpt-4")
+        line = adjustment_line(DEFAULT_BOOK, dimension_value=gpt4, **common)  # type: ignore[arg-type]
+        assert (line.amount, line.dimension_value) == (D("1.00"), gpt4)
         assert line.description.startswith("late usage of inference_tokens (model gpt-4)")
         with pytest.raises(ValueError, match="priced per model"):
             adjustment_line(DEFAULT_BOOK, **common)  # type: ignore[arg-type]
@@ -806,8 +882,8 @@ class TestValidation:
         """Negative usage or credits are refused."""
         with pytest.raises(ValueError, match="non-negative"):
             invoice(FEATURES_BOOK, [MeterUsage("tokens", D(-1), 1)])
-        with pytest.raises(ValueError, match="credits_used"):
-            invoice(FEATURES_BOOK, [], credits_used=D(-1))
+        with pytest.raises(ValueError, match="credits applied"):
+            invoice(FEATURES_BOOK, [], credit_use=CreditUse(D(-1)))
 
     def test_one_currency(self) -> None:
         """A plan priced in another currency than the book's can't be invoiced with it."""
@@ -856,10 +932,17 @@ def usages_of(draw: st.DrawFn, book: PriceBook) -> list[MeterUsage]:
     usage = []
     for meter in draw(st.sets(st.sampled_from(sorted(book.meters)))):
         price = book.prices.get(meter)
-        by_dimension: dict[str, Decimal] = {}
+        by_dimension: dict[DimensionValue, Decimal] = {}
         if price is not None and price.dimension is not None and draw(st.booleans()):
-            values = [*sorted(price.by_value), "other", "null"]
-            by_dimension = draw(st.dictionaries(st.sampled_from(values), quantities))
+            kinds = [
+                *(DimensionValue(v) for v in sorted(price.by_value)),
+                DimensionValue("other"),
+                DimensionValue("null"),
+                DimensionValue("null", DimensionKind.NULL),
+                DimensionValue("", DimensionKind.ABSENT),
+                DimensionValue("7", DimensionKind.NUMBER),
+            ]
+            by_dimension = draw(st.dictionaries(st.sampled_from(kinds), quantities))
             quantity = sum(by_dimension.values(), D(0))
         else:
             quantity = draw(quantities)
@@ -884,7 +967,7 @@ def invoices(draw: st.DrawFn) -> Drawn:
         period=period,
         spans=spans,
         usage=draw(usages_of(book)),
-        credits_used=draw(quantities),
+        credit_use=CreditUse(draw(quantities), draw(quantities)),
     )
     return book, spans, draft
 
@@ -922,7 +1005,9 @@ class TestProperties:
         kinds = [line.kind for line in draft.lines]
         assert kinds == sorted(kinds, key=["plan_fee", "usage", "credits"].index)
         keys = [
-            (ln.meter or "", ln.dimension_value or "") for ln in draft.lines if ln.kind == "usage"
+            (ln.meter or "", ln.dimension_value or DimensionValue(""))
+            for ln in draft.lines
+            if ln.kind == "usage"
         ]
         assert keys == sorted(keys)
         assert len(set(keys)) == len(keys)
@@ -1079,3 +1164,27 @@ class TestSubscriptionCycles:
                 usage=[],
                 cycle_period=self.CYCLE,
             )
+
+
+class TestQuantityWords:
+    def test_a_tiny_quantity_is_shown_whole_not_as_zero(self) -> None:
+        """0.0000001 units of a package price start one package (3.000 kwd): the line
+        says 0.0000001 used, never "0 used" next to an amount."""
+        book = parse_pricebook(
+            default_pricebook_text()
+            .replace('currency = "usd"', 'currency = "kwd"')
+            .replace(
+                'model = "per_unit"\nunit_price = "0.50"',
+                'model = "package"\npackage_size = 10\npackage_price = "3"',
+            )
+        )
+        draft = invoice(book, [MeterUsage("websites_generated", D("0.0000001"), 1)], plan="FREE")
+        line = usage_line(draft, "websites_generated")
+        assert line.amount == D("3.000")
+        assert line.description.startswith("websites_generated: 0.0000001 used")
+
+    def test_long_quantities_are_marked_rounded(self) -> None:
+        """More than six places: rounded to six, with a ~ (the fields stay exact)."""
+        assert quantity_text(D("1216666.666666666666666667")) == "~1,216,666.666667"
+        assert quantity_text(D("2.5000")) == "2.5"
+        assert quantity_text(D("0.0000004")) == "0.0000004"

@@ -20,6 +20,8 @@ from billing_worker.adapters.pricebook_file import (
 )
 from billing_worker.domain.pricebook import (
     Aggregation,
+    DimensionKind,
+    DimensionValue,
     Enforcement,
     Free,
     Graduated,
@@ -112,8 +114,8 @@ class TestDefaultBook:
         """gpt-4 tokens cost 0.002 each; tokens of any other model are free."""
         price = DEFAULT_BOOK.prices["inference_tokens"]
         assert price.dimension == "model"
-        assert price.model_for("gpt-4") == PerUnit(D("0.002"))
-        assert isinstance(price.model_for("gpt-3.5"), Free)
+        assert price.model_for(DimensionValue("gpt-4")) == PerUnit(D("0.002"))
+        assert isinstance(price.model_for(DimensionValue("gpt-3.5")), Free)
         assert isinstance(price.model_for(None), Free)
         meter = DEFAULT_BOOK.meters["inference_tokens"]
         assert meter.value_field == "tokens"
@@ -585,3 +587,32 @@ class TestCheckCommand:
                 monkeypatch.delenv(name)
         assert cli.main(["pricebook", "check", str(default_book_file)]) == 0
         assert f"price book {DEFAULT_BOOK.version}" in capsys.readouterr().out
+
+
+class TestDimensionKeys:
+    def test_a_key_no_event_can_carry_is_refused(self) -> None:
+        """A by_value key longer than any dimension string could never apply: refused,
+        naming the key."""
+        long_key = "m" * 257
+        text = default_pricebook_text().replace(
+            '[prices.inference_tokens.by_value."gpt-4"]',
+            f'[prices.inference_tokens.by_value."{long_key}"]',
+        )
+        with pytest.raises(PriceBookError, match="would never apply"):
+            parse_pricebook(text)
+
+    def test_keys_that_read_like_other_json_kinds_are_strings(self) -> None:
+        """A key "null" or "7" prices the strings "null" and "7" only: JSON null, the number
+        7 and an event without the field keep the default model."""
+        text = default_pricebook_text().replace(
+            '[prices.inference_tokens.by_value."gpt-4"]',
+            '[prices.inference_tokens.by_value."7"]',
+        )
+        price = parse_pricebook(text).prices["inference_tokens"]
+        assert price.model_for(DimensionValue("7")) == PerUnit(D("0.002"))
+        for other in (
+            DimensionValue("7", DimensionKind.NUMBER),
+            DimensionValue("null", DimensionKind.NULL),
+            DimensionValue("", DimensionKind.ABSENT),
+        ):
+            assert isinstance(price.model_for(other), Free)

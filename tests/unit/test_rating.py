@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_worker.domain.pricebook import (
+    DimensionValue,
     Free,
     Graduated,
     MeterPrice,
@@ -126,12 +127,12 @@ class TestPlatformPrices:
             dimension="model",
             by_value={"gpt-4": PerUnit(D("0.002"))},
         )
-        gpt4 = rate_line(price, D(12345), dimension_value="gpt-4")
+        gpt4 = rate_line(price, D(12345), dimension_value=DimensionValue("gpt-4"))
         assert gpt4.amount == D("24.690")
         assert gpt4.breakdown == (
             TierCharge(0, D(0), D(12345), D(12345), D("0.002"), D(0), D("24.690")),
         )
-        other = rate_line(price, D(12345), dimension_value="llama-3")
+        other = rate_line(price, D(12345), dimension_value=DimensionValue("llama-3"))
         assert other.amount == 0
         assert other.breakdown == ()
 

@@ -14,8 +14,9 @@ from billing_worker.domain.credits import BurnResult, GrantBalance, MovementKind
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import CreditSource, PriceBook
 
-# A plan grant per (account, period, plan), from the plan the account is on when it is
-# first needed; the grant key makes it once whatever the retries and replicas.
+# A plan grant per (account, period, plan): the plan the account is on, or for a period
+# already over (late usage before its close) the plan it was on at the period's end; the
+# grant key makes it once whatever the retries and replicas.
 ALLOCATE_PLAN_GRANTS = text("""
     WITH terms AS (
         SELECT * FROM json_to_recordset(CAST(:terms AS json))
@@ -24,8 +25,18 @@ ALLOCATE_PLAN_GRANTS = text("""
         SELECT n.a, n.ps, n.pe, t.plan, t.amount, t.priority
         FROM json_to_recordset(CAST(:needed AS json)) AS n(a text, ps timestamptz, pe timestamptz)
         JOIN accounts AS acc ON acc.account_id = n.a
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN n.pe > :now THEN acc.plan ELSE coalesce(
+                (SELECT l.details ->> 'plan' FROM account_ledger AS l
+                 WHERE l.account_id = n.a AND l.kind = 'plan_changed' AND l.effective_at < n.pe
+                 ORDER BY l.effective_at DESC, l.entry_id DESC LIMIT 1),
+                (SELECT l.details ->> 'previous_plan' FROM account_ledger AS l
+                 WHERE l.account_id = n.a AND l.kind = 'plan_changed' AND l.effective_at >= n.pe
+                 ORDER BY l.effective_at, l.entry_id LIMIT 1),
+                acc.plan) END AS plan
+        ) AS at_end
         JOIN terms AS t
-          ON t.plan = coalesce((SELECT plan FROM terms WHERE plan = acc.plan), :default_plan)
+          ON t.plan = coalesce((SELECT plan FROM terms WHERE plan = at_end.plan), :default_plan)
         WHERE t.amount > 0
     ), granted AS (
         INSERT INTO credit_grants (account_id, source, amount, remaining, priority,
@@ -48,7 +59,10 @@ LIVE_GRANTS = text("""
            period_start
     FROM credit_grants
     WHERE account_id IN (SELECT json_array_elements_text(CAST(:accounts AS json)))
-      AND remaining > 0 AND (expires_at IS NULL OR expires_at > :now)
+      AND remaining > 0
+      -- a plan grant lives until its period is invoiced (or the plan changes): it is
+      -- what pays for that period's late usage
+      AND (source = 'plan' OR expires_at IS NULL OR expires_at > :now)
     ORDER BY account_id, grant_id
     FOR UPDATE
 """)
@@ -105,6 +119,7 @@ EXPIRE_DUE = text("""
     WITH due AS (
         SELECT grant_id, account_id, remaining, expires_at FROM credit_grants
         WHERE remaining > 0 AND expires_at <= :now
+          AND source <> 'plan'  -- those end when their period is invoiced
         ORDER BY account_id, grant_id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -129,9 +144,10 @@ class PostgresCredits:
         self._conn = conn
 
     async def allocate_plan_grants(
-        self, needed: Sequence[tuple[str, BillingPeriod]], book: PriceBook
+        self, needed: Sequence[tuple[str, BillingPeriod]], book: PriceBook, now: datetime
     ) -> None:
-        """Grant each account its plan's credits for each period, once."""
+        """Grant each account its plan's credits for each period, once: the plan it is on,
+        or the plan it was on at the end of a period over by ``now``."""
         if not needed:
             return
         terms = [
@@ -149,6 +165,7 @@ class PostgresCredits:
                 "terms": _json(terms),
                 "version": book.version,
                 "default_plan": book.default_plan,
+                "now": now,
             },
         )
 

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billing_worker.adapters.postgres.closing_reads import (
+    DIMENSION_VALUE,
+    LINE_DIMENSION,
+    ClosingReads,
+    stored_dimension,
+)
 from billing_worker.domain.invoice_model import (
     InvoiceDraft,
     InvoiceLine,
-    LateUsage,
-    MeterUsage,
     StoredInvoice,
 )
 from billing_worker.domain.periods import BillingPeriod
+from billing_worker.domain.pricebook import DimensionValue
 
 CLOSED_PERIODS = text("""
     SELECT i.account_id, i.period_start
@@ -31,118 +35,33 @@ INVOICE_FOR = text("""
     SELECT invoice_id FROM invoices WHERE account_id = :account AND period_start = :start
 """)
 
-PLAN_CHANGES = text("""
-    SELECT effective_at, details ->> 'plan', details ->> 'previous_plan'
-    FROM account_ledger
-    WHERE account_id = :account AND kind = 'plan_changed' AND effective_at < :end
-    ORDER BY effective_at, entry_id
-""")
-
-USAGE = text("""
-    SELECT g.meter, g.quantity, count(l.entry_id), min(l.entry_id), max(l.entry_id)
-    FROM usage_aggregates AS g
-    JOIN usage_ledger AS l
-      ON l.account_id = g.account_id AND l.meter = g.meter AND l.period_start = g.period_start
-    WHERE g.account_id = :account AND g.period_start = :start
-    GROUP BY g.meter, g.quantity
-    ORDER BY g.meter
-""")
-
-BY_DIMENSION = text("""
-    SELECT coalesce(l.dimensions ->> :dimension, 'null'), sum(l.quantity)
-    FROM usage_ledger AS l
-    WHERE l.account_id = :account AND l.period_start = :start AND l.meter = :meter
-    GROUP BY 1 ORDER BY 1
-""")
-
-CREDITS_USED = text("""
-    SELECT coalesce(sum(CASE kind WHEN 'burn' THEN -credits ELSE credits END), 0)
-    FROM credit_ledger
-    WHERE account_id = :account AND kind IN ('burn', 'shortfall')
-      AND effective_at >= :start AND effective_at < :end
-""")
-
-# Per earlier invoiced period, meter (and dimension value, for meters priced per
-# dimension): what was invoiced so far (the latest line's quantity, the sum of amounts)
-# and the usage-ledger entries recorded after that.
-LATE_USAGE = text("""
-    WITH dims AS (
-        SELECT * FROM json_to_recordset(CAST(:dims AS json)) AS d(m text, dim text)
-    ), invoiced AS (
-        SELECT i.period_start, i.period_end, i.last_entry_id
-        FROM invoices AS i WHERE i.account_id = :account AND i.period_start < :start
-    ), billed AS (
-        SELECT coalesce(l.refers_to_start, inv.period_start) AS ps, l.meter,
-               l.dimension_value AS dv,
-               (array_agg(l.quantity ORDER BY inv.period_start DESC, l.line_no DESC))[1] AS q,
-               (array_agg(l.included ORDER BY inv.period_start, l.line_no))[1] AS inc,
-               (array_agg(l.free_quantity ORDER BY inv.period_start, l.line_no))[1] AS fq,
-               sum(l.amount) AS amt,
-               max(l.last_entry_id) AS thru
-        FROM invoice_lines AS l JOIN invoices AS inv USING (invoice_id)
-        WHERE inv.account_id = :account AND l.kind IN ('usage', 'adjustment')
-        GROUP BY 1, 2, 3
-    ), entries AS (
-        SELECT u.entry_id, u.period_start, u.meter, u.quantity,
-               CASE WHEN d.dim IS NULL THEN NULL
-                    ELSE coalesce(u.dimensions ->> d.dim, 'null') END AS dv
-        FROM usage_ledger AS u
-        JOIN invoiced AS i USING (period_start)
-        LEFT JOIN dims AS d ON d.m = u.meter
-        WHERE u.account_id = :account
-    ), late AS (
-        SELECT e.period_start, e.meter, e.dv, count(*) AS n, min(e.entry_id) AS f,
-               max(e.entry_id) AS l
-        FROM entries AS e
-        JOIN invoiced AS i USING (period_start)
-        LEFT JOIN billed AS b
-          ON b.ps = e.period_start AND b.meter = e.meter AND b.dv IS NOT DISTINCT FROM e.dv
-        WHERE e.entry_id > coalesce(i.last_entry_id, 0) AND e.entry_id > coalesce(b.thru, 0)
-        GROUP BY 1, 2, 3
-    )
-    SELECT i.period_start, i.period_end, late.meter, late.dv,
-           CASE WHEN late.dv IS NULL THEN g.quantity
-                ELSE (SELECT sum(e2.quantity) FROM entries AS e2
-                      WHERE e2.period_start = late.period_start AND e2.meter = late.meter
-                        AND e2.dv = late.dv) END,
-           coalesce(b.q, 0), coalesce(b.inc, 0), b.fq, coalesce(b.amt, 0),
-           late.n, late.f, late.l
-    FROM late
-    JOIN invoiced AS i USING (period_start)
-    JOIN usage_aggregates AS g
-      ON g.account_id = :account AND g.period_start = late.period_start AND g.meter = late.meter
-    LEFT JOIN billed AS b
-      ON b.ps = late.period_start AND b.meter = late.meter AND b.dv IS NOT DISTINCT FROM late.dv
-    ORDER BY 1, 3, 4
-""")
-
 INSERT_INVOICE = text("""
     INSERT INTO invoices (invoice_id, account_id, period_start, period_end, status, plan,
-                          currency, subtotal, credits_applied, total, pricebook_version,
-                          last_entry_id)
+                          currency, subtotal, credits_applied, credits_shortfall, total,
+                          pricebook_version, last_entry_id)
     VALUES (:id, :account, :start, :end, :status, :plan, :currency, :subtotal, :credits,
-            :total, :version, :last_entry_id)
+            :shortfall, :total, :version, :last_entry_id)
     ON CONFLICT (account_id, period_start) DO NOTHING
     RETURNING invoice_id
 """)
 
 INSERT_LINES = text("""
     INSERT INTO invoice_lines (invoice_id, line_no, kind, description, meter, dimension_value,
-                               quantity, included, free_quantity, billable, price, tiers,
-                               amount, unrounded, entries, first_entry_id, last_entry_id,
-                               refers_to_start, refers_to_end)
-    SELECT :id, l.n, l.k, l.d, l.m, l.dv, l.q, l.inc, l.f, l.b, l.p, l.t, l.a, l.u, l.e,
+                               dimension_kind, quantity, included, free_quantity, billable,
+                               price, tiers, amount, unrounded, entries, first_entry_id,
+                               last_entry_id, refers_to_start, refers_to_end)
+    SELECT :id, l.n, l.k, l.d, l.m, l.dv, l.dk, l.q, l.inc, l.f, l.b, l.p, l.t, l.a, l.u, l.e,
            l.fe, l.le, l.rs, l.re
     FROM json_to_recordset(CAST(:lines AS json)) AS l(
-        n int, k text, d text, m text, dv text, q numeric, inc numeric, f numeric,
+        n int, k text, d text, m text, dv text, dk text, q numeric, inc numeric, f numeric,
         b numeric, p text, t jsonb, a numeric, u numeric, e int, fe bigint, le bigint,
         rs timestamptz, re timestamptz)
 """)
 
 GET_INVOICE = text("""
     SELECT invoice_id, account_id, period_start, period_end, status, plan, currency,
-           subtotal, credits_applied, total, pricebook_version, last_entry_id, closed_at,
-           stripe_invoice_id, stripe_sync_error, stripe_sync_attempts
+           subtotal, credits_applied, credits_shortfall, total, pricebook_version,
+           last_entry_id, closed_at, stripe_invoice_id, stripe_sync_error, stripe_sync_attempts
     FROM invoices WHERE invoice_id = :id
 """)
 
@@ -150,19 +69,34 @@ LOCK_INVOICE = text("SELECT status FROM invoices WHERE invoice_id = :id FOR UPDA
 
 SET_STATUS = text("UPDATE invoices SET status = :status WHERE invoice_id = :id")
 
-GET_LINES = text("""
-    SELECT line_no, kind, description, meter, dimension_value, quantity, included,
+GET_LINES = text(f"""
+    SELECT line_no, kind, description, meter,
+           {
+    LINE_DIMENSION.format(l="invoice_lines", text="dimension_value", kind="dimension_kind")
+},
+           quantity, included,
            free_quantity, billable, price, tiers, amount, unrounded, entries,
            first_entry_id, last_entry_id, refers_to_start, refers_to_end
     FROM invoice_lines WHERE invoice_id = :id ORDER BY line_no
 """)
 
-LINE_ENTRIES = text("""
+# The entries behind a line: its meter's in the line's range, and for a per-dimension line
+# only those carrying its value (of its kind), counted whole and listed up to :limit.
+LINE_ENTRIES = text(f"""
+    WITH behind AS (
+        SELECT entry_id, event_source, event_id, event_type, occurred_at, quantity,
+               pricebook_version,
+               {
+    DIMENSION_VALUE.format(d="CAST(:field AS text)", dims="dimensions", text="dv", kind="dk")
+}
+        FROM usage_ledger
+        WHERE account_id = :account AND period_start = :start AND meter = :meter
+          AND entry_id BETWEEN :first AND :last
+    )
     SELECT entry_id, event_source, event_id, event_type, occurred_at, quantity,
-           pricebook_version
-    FROM usage_ledger
-    WHERE account_id = :account AND period_start = :start AND meter = :meter
-      AND entry_id BETWEEN :first AND :last
+           pricebook_version, count(*) OVER () AS of
+    FROM behind
+    WHERE CAST(:field AS text) IS NULL OR (dv = :value AND dk = :kind)
     ORDER BY entry_id
     LIMIT :limit
 """)
@@ -203,11 +137,8 @@ def _json(rows: object) -> str:
     return orjson.dumps(rows, default=str).decode()
 
 
-class PostgresInvoices:
+class PostgresInvoices(ClosingReads):
     """``InvoiceStore`` on one open transaction."""
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
 
     async def closed_periods(
         self, pairs: Sequence[tuple[str, datetime]]
@@ -223,51 +154,6 @@ class PostgresInvoices:
             await self._conn.execute(INVOICE_FOR, {"account": account, "start": period.start})
         ).first()
         return str(row[0]) if row is not None else None
-
-    async def plan_changes(
-        self, account: str, period: BillingPeriod
-    ) -> list[tuple[datetime, str, str | None]]:
-        """(effective at, plan, previous plan) of every change before the period's end."""
-        result = await self._conn.execute(PLAN_CHANGES, {"account": account, "end": period.end})
-        return [(at, str(plan), prev) for at, plan, prev in result]
-
-    async def usage(
-        self, account: str, period: BillingPeriod, dimensions: Mapping[str, str]
-    ) -> list[MeterUsage]:
-        """Each meter's period total with the ledger entries behind it; per dimension value
-        for the meters in ``dimensions`` (meter -> the data field it is priced by)."""
-        params = {"account": account, "start": period.start}
-        usages = []
-        for meter, quantity, entries, first, last in await self._conn.execute(USAGE, params):
-            by_dimension: dict[str, Decimal] = {}
-            if meter in dimensions:
-                rows = await self._conn.execute(
-                    BY_DIMENSION, {**params, "meter": meter, "dimension": dimensions[meter]}
-                )
-                by_dimension = {str(value): total for value, total in rows}
-            usages.append(MeterUsage(meter, quantity, entries, first, last, by_dimension))
-        return usages
-
-    async def credits_used(self, account: str, period: BillingPeriod) -> Decimal:
-        """Credits burned (and short) by usage in the period."""
-        row = await self._conn.execute(
-            CREDITS_USED, {"account": account, "start": period.start, "end": period.end}
-        )
-        return Decimal(row.scalar_one())
-
-    async def late_usage(
-        self, account: str, before: BillingPeriod, dimensions: Mapping[str, str]
-    ) -> list[LateUsage]:
-        """Usage of the account's invoiced periods before ``before`` recorded since, per
-        meter (and per dimension value for the meters in ``dimensions``)."""
-        dims = [{"m": meter, "dim": dim} for meter, dim in sorted(dimensions.items())]
-        result = await self._conn.execute(
-            LATE_USAGE, {"account": account, "start": before.start, "dims": _json(dims)}
-        )
-        return [
-            LateUsage(BillingPeriod(ps, pe), m, q, iq, inc, ia, n, first, last, dv, fq)
-            for ps, pe, m, dv, q, iq, inc, fq, ia, n, first, last in result
-        ]
 
     async def insert(
         self, invoice_id: str, draft: InvoiceDraft, *, status: str, last_entry_id: int | None
@@ -286,6 +172,7 @@ class PostgresInvoices:
                     "currency": draft.currency,
                     "subtotal": draft.subtotal,
                     "credits": draft.credits_applied,
+                    "shortfall": draft.credits_shortfall,
                     "total": draft.total,
                     "version": draft.pricebook_version,
                     "last_entry_id": last_entry_id,
@@ -300,7 +187,8 @@ class PostgresInvoices:
                 "k": line.kind,
                 "d": line.description,
                 "m": line.meter,
-                "dv": line.dimension_value,
+                "dv": line.dimension_value.text if line.dimension_value else None,
+                "dk": line.dimension_value.kind.value if line.dimension_value else None,
                 "q": str(line.quantity),
                 "inc": str(line.included),
                 "f": str(line.free_quantity),
@@ -327,11 +215,11 @@ class PostgresInvoices:
         row = (await self._conn.execute(GET_INVOICE, {"id": invoice_id})).first()
         if row is None:
             return None
-        (iid, account, start, end, status, plan, currency, subtotal, credit_total, total,
+        (iid, account, start, end, status, plan, currency, subtotal, applied, short, total,
          version, last_entry_id, closed_at, stripe_id, stripe_error, attempts) = row  # fmt: skip
         return StoredInvoice(
             iid, account, BillingPeriod(start, end), status, plan, currency, subtotal,
-            credit_total, total, version, last_entry_id, closed_at, stripe_id, stripe_error,
+            applied, short, total, version, last_entry_id, closed_at, stripe_id, stripe_error,
             attempts,
         )  # fmt: skip
 
@@ -368,7 +256,7 @@ class PostgresInvoices:
                 description=row["description"],
                 amount=row["amount"],
                 meter=row["meter"],
-                dimension_value=row["dimension_value"],
+                dimension_value=stored_dimension(row["dimension_value"], row["dimension_kind"]),
                 quantity=row["quantity"],
                 included=row["included"],
                 free_quantity=row["free_quantity"],
@@ -395,6 +283,7 @@ class PostgresInvoices:
             lines=lines,
             subtotal=invoice.subtotal,
             credits_applied=invoice.credits_applied,
+            credits_shortfall=invoice.credits_shortfall,
             total=invoice.total,
         )
 
@@ -405,9 +294,20 @@ class PostgresInvoices:
         return [dict(zip(keys, row, strict=True)) for row in result]
 
     async def line_entries(
-        self, account: str, period: BillingPeriod, meter: str, *, first: int, last: int, limit: int
-    ) -> list[dict[str, Any]]:
-        """The usage-ledger entries behind a line (the first ``limit``)."""
+        self,
+        account: str,
+        period: BillingPeriod,
+        meter: str,
+        *,
+        first: int,
+        last: int,
+        limit: int,
+        dimension: tuple[str, DimensionValue] | None = None,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """How many usage-ledger entries are behind a line, and the first ``limit``; for a
+        per-dimension line (``dimension``: the field and the line's value), only those
+        carrying its value."""
+        field, value = dimension if dimension is not None else (None, None)
         result = await self._conn.execute(
             LINE_ENTRIES,
             {
@@ -417,10 +317,15 @@ class PostgresInvoices:
                 "first": first,
                 "last": last,
                 "limit": limit,
+                "field": field,
+                "value": value.text if value else None,
+                "kind": value.kind.value if value else None,
             },
         )
-        keys = list(result.keys())
-        return [dict(zip(keys, row, strict=True)) for row in result]
+        keys = [k for k in result.keys() if k != "of"]  # noqa: SIM118 - a Result, not a dict
+        rows = result.all()
+        entries = [dict(zip(keys, row[:-1], strict=True)) for row in rows]
+        return (int(rows[0][-1]) if rows else 0), entries
 
 
 def _tier(charge: Any) -> dict[str, str]:

@@ -22,11 +22,18 @@ BY_STATUS = text("""
     GROUP BY 1, 2 ORDER BY 1, 2
 """)
 BY_METER = text("""
-    SELECT coalesce(l.meter, '(plan fees)'), i.currency, sum(l.amount)
+    SELECT coalesce(l.meter, CASE l.kind WHEN 'plan_fee' THEN '(plan fees)'
+                                         ELSE '(credit shortfall)' END),
+           i.currency, sum(l.amount)
     FROM invoice_lines AS l JOIN invoices AS i USING (invoice_id)
     WHERE i.period_start >= :start AND i.period_start < :end AND i.status <> 'void'
-      AND l.kind IN ('plan_fee', 'usage')
+      AND (l.kind IN ('plan_fee', 'usage') OR (l.kind = 'credits' AND l.amount <> 0))
     GROUP BY 1, 2 ORDER BY 1, 2
+""")
+CREDITS = text("""
+    SELECT coalesce(sum(credits_applied), 0), coalesce(sum(credits_shortfall), 0)
+    FROM invoices
+    WHERE period_start >= :start AND period_start < :end AND status <> 'void'
 """)
 ACTIVE = text("""
     SELECT count(DISTINCT account_id) FROM usage_aggregates
@@ -39,12 +46,14 @@ def _rows(result: Any) -> list[list[Any]]:
 
 
 async def period_report(conn: AsyncConnection, period: BillingPeriod) -> dict[str, Any]:
-    """Revenue by plan, meter and status, invoice counts, active accounts."""
+    """Revenue by plan, meter and status, invoice counts, the credits grants paid and
+    those no grant covered (on invoices that are not void), active accounts."""
     params = {"start": period.start, "end": period.end}
     by_plan = _rows(await conn.execute(BY_PLAN, params))
     by_status = _rows(await conn.execute(BY_STATUS, params))
     by_meter = _rows(await conn.execute(BY_METER, params))
     active = (await conn.execute(ACTIVE, params)).scalar_one()
+    applied, shortfall = (await conn.execute(CREDITS, params)).one()
     return {
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
         "by_plan": [
@@ -59,6 +68,10 @@ async def period_report(conn: AsyncConnection, period: BillingPeriod) -> dict[st
             {"status": s, "currency": c, "invoices": n, "amount": format_decimal(Decimal(t))}
             for s, c, n, t in by_status
         ],
+        "credits": {
+            "applied": format_decimal(Decimal(applied)),
+            "shortfall": format_decimal(Decimal(shortfall)),
+        },
         "invoices": sum(n for _s, _c, n, _t in by_status),
         "active_accounts": int(active),
     }
