@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs_to = sys.stdout if args.command in LOGS_ON_STDOUT else sys.stderr
     configure_logging(settings.log_level, logs_to, secrets=settings.secret_values)
-    if settings.clock_offset_seconds:
+    if settings.clock_offset_seconds and args.command in LOGS_ON_STDOUT:
+        # the services say so at start; a report command's stderr stays quiet
         log.warning(
             "clock_shifted",
             offset_seconds=settings.clock_offset_seconds,
