@@ -16,6 +16,7 @@ from billing_worker.adapters.amqp.delivery import DeliverySource
 from billing_worker.adapters.amqp.topology import Topology
 from billing_worker.adapters.observability.metrics import Metrics
 from billing_worker.adapters.postgres.account_store import PostgresUsageReader
+from billing_worker.adapters.postgres.rejections import PostgresRejections
 from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.adapters.postgres.usage_store import KnownAccounts
 from billing_worker.config import Settings
@@ -88,6 +89,7 @@ def build_components(
         events_exchange=topology.events_exchange,
         notices={usage_queue.name: usage_rejected_notice},
         published=metrics.outbox_published,
+        on_announced=PostgresRejections(engine).record,
     )
     known_accounts = KnownAccounts()
 

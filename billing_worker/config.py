@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=30.0, gt=0, le=3600)
     startup_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    rejected_retention_days: int = Field(default=30, ge=1, le=3650)
+    api_host: str = "0.0.0.0"  # noqa: S104 - product backends call in from outside
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    api_token_secret: SecretStr | None = None
+    api_max_body_bytes: int = Field(default=4 * 1_048_576, ge=1024, le=256 * 1_048_576)
     clock_offset_seconds: float = Field(default=0.0, ge=-MAX_CLOCK_OFFSET, le=MAX_CLOCK_OFFSET)
     """Shift the worker's clock (tests and rehearsals of another day; 0 in production)."""
 
@@ -83,7 +88,11 @@ class Settings(BaseSettings):
         values = [
             urlsplit(self.amqp_url.get_secret_value()).password,
             urlsplit(self.database_url.get_secret_value()).password,
-            *(s.get_secret_value() for s in (self.stripe_api_key, self.stripe_webhook_secret) if s),
+            *(
+                s.get_secret_value()
+                for s in (self.stripe_api_key, self.stripe_webhook_secret, self.api_token_secret)
+                if s
+            ),
         ]
         return [unquote(v) for v in values if v]
 

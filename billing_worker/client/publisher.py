@@ -177,6 +177,12 @@ class UsagePublisher:
         ) as exc:
             raise UsageNotPublished(f"event {event.id!r} not published: {exc!r}", event) from exc
 
+    @property
+    def connected(self) -> bool:
+        """Whether the channel is open now (a robust connection reopens it after a
+        broker outage)."""
+        return not self._channel.is_closed
+
     async def close(self) -> None:
         """Close the channel, and the connection if :meth:`connect` opened it."""
         await self._channel.close()

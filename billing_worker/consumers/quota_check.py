@@ -22,8 +22,8 @@ from billing_worker.consumers.usage import describe_validation_error
 from billing_worker.domain.errors import PermanentError, TransientError
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.service.ports import Clock
-from billing_worker.service.quota_check import UsageReader, check_quota
-from schemas.quota_check import QuotaCheckError, QuotaCheckReply, QuotaCheckRequest
+from billing_worker.service.quota_check import UsageReader, answer_request
+from schemas.quota_check import QuotaCheckError, QuotaCheckRequest
 
 log = structlog.get_logger(__name__)
 
@@ -105,14 +105,7 @@ class QuotaCheckConsumer:
     async def _reply_body(self, body: bytes) -> tuple[bytes, str]:
         try:
             request = _parse(body)
-            result = await check_quota(
-                self._reader,
-                self._book,
-                account=request.account,
-                meter=request.meter,
-                quantity=request.quantity,
-                now=self._clock(),
-            )
+            reply = await answer_request(self._reader, self._book, request, self._clock())
         except PermanentError as exc:
             return _error(exc.detail), "error"
         except TransientError as exc:
@@ -123,17 +116,7 @@ class QuotaCheckConsumer:
         except Exception:  # every request is answered, even when the worker has a bug
             log.exception("quota_check_failed")
             return _error("quota check failed inside the worker (see its logs)"), "error"
-        answer = result.answer
-        reply = QuotaCheckReply(
-            account=request.account,
-            meter=request.meter,
-            allowed=answer.allowed,
-            used=answer.used,
-            limit=answer.limit,
-            remaining=answer.remaining,
-            period_end=result.period.end,
-        )
-        return reply.model_dump_json().encode(), "allowed" if answer.allowed else "denied"
+        return reply.model_dump_json().encode(), "allowed" if reply.allowed else "denied"
 
 
 def _parse(body: bytes) -> QuotaCheckRequest:

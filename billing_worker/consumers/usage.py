@@ -19,7 +19,7 @@ from billing_worker.domain.errors import (
     PermanentError,
     SchemaViolation,
 )
-from billing_worker.domain.pricebook import PriceBook
+from billing_worker.domain.pricebook import MeterFeed, PriceBook
 from billing_worker.domain.usage import UsageOutcome, UsageRecord, check_not_in_future
 from billing_worker.service.events import usage_rejected
 from billing_worker.service.ports import Clock, OutgoingEvent, UnitOfWorkFactory
@@ -86,6 +86,18 @@ def _refuse_nul_characters(event: UsageEvent) -> None:
         )
 
 
+def validate_usage_event(
+    body: bytes, content_type: str | None, book: PriceBook, *, now: datetime, max_skew: timedelta
+) -> tuple[UsageEvent, tuple[MeterFeed, ...]]:
+    """Everything the worker checks of one usage event before recording it (the schema,
+    the event type, the time), and the meters it feeds; a ``PermanentError`` naming what
+    is wrong. HTTP ingest checks events with this too, so both refuse the same events."""
+    event = parse_usage_event(body, content_type)
+    feeds = book.feeds(event.type, event.data.quantity, event.data.dimensions)
+    check_not_in_future(event.time, now=now, max_skew=max_skew)
+    return event, feeds
+
+
 class UsageConsumer:
     """``BatchHandler`` for usage events."""
 
@@ -104,9 +116,13 @@ class UsageConsumer:
 
     def decode(self, message: Delivery) -> UsageRecord:
         """A usage record, or a ``PermanentError`` naming what is wrong."""
-        event = parse_usage_event(message.body, message.content_type)
-        feeds = self._book.feeds(event.type, event.data.quantity, event.data.dimensions)
-        check_not_in_future(event.time, now=self._clock(), max_skew=self._max_clock_skew)
+        event, feeds = validate_usage_event(
+            message.body,
+            message.content_type,
+            self._book,
+            now=self._clock(),
+            max_skew=self._max_clock_skew,
+        )
         return UsageRecord(
             source=event.source,
             event_id=event.id,

@@ -22,7 +22,7 @@ from billing_worker.entrypoints.cli_support import CommandFailed, event_loop_run
 
 log = structlog.get_logger(__name__)
 
-LOGS_ON_STDOUT = ("run", "migrate", "stripe-relay")
+LOGS_ON_STDOUT = ("run", "migrate", "stripe-relay", "api")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from billing_worker.bench.command import add_arguments as add_bench
     from billing_worker.chaos.command import add_arguments as add_chaos
     from billing_worker.entrypoints.account_commands import add_account_commands
+    from billing_worker.entrypoints.api_key_commands import add_api_key_commands
     from billing_worker.entrypoints.demo import add_demo_command
     from billing_worker.entrypoints.invoicing_commands import (
         add_invoicing_commands,
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_invoicing_commands(commands)
     add_demo_command(commands)
     add_recovery_commands(commands)
+    add_api_key_commands(commands)
+    commands.add_parser(
+        "api",
+        help="serve the HTTP API on BILLING_API_HOST/PORT (reads, quota check, estimates, "
+        "ingest, writes); until SIGTERM/SIGINT",
+    )
     return parser
 
 
@@ -146,6 +153,14 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR0
         from billing_worker.entrypoints.account_commands import run_account_command
 
         return event_loop_run(run_account_command(args, settings))
+    if command == "api":
+        from billing_worker.api.server import serve as serve_api
+
+        return event_loop_run(serve_api(settings, configured_pricebook(settings)))
+    if command == "api-key":
+        from billing_worker.entrypoints.api_key_commands import run_api_key_command
+
+        return event_loop_run(run_api_key_command(args, settings))
     if command in ("close-periods", "invoice", "report"):
         from billing_worker.entrypoints.invoicing_commands import run_invoicing_command
 

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_worker.adapters.postgres.rejections import PostgresRejections
 from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.config import Settings
 from billing_worker.domain.pricebook import PriceBook
@@ -24,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 STRIPE_SYNC_INTERVAL_SECONDS = 30.0
 CREDIT_EXPIRY_INTERVAL_SECONDS = 60.0
+REJECTION_PRUNE_INTERVAL_SECONDS = 3600.0
 
 
 class Housekeeping:
@@ -48,6 +50,7 @@ class Housekeeping:
         jobs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "credits": self._expire_credits_forever,
             "period-closer": self._close_periods_forever,
+            "rejections": self._prune_rejections_forever,
         }
         if self.settings.stripe_api_key is not None:
             jobs["stripe-sync"] = self._sync_invoices_forever
@@ -75,6 +78,19 @@ class Housekeeping:
             except Exception as exc:  # noqa: BLE001 - retried at the next sweep
                 log.warning("credit_expiry_failed", error=repr(exc))
             await asyncio.sleep(CREDIT_EXPIRY_INTERVAL_SECONDS)
+
+    async def _prune_rejections_forever(self) -> None:
+        """Forget recorded rejections past BILLING_REJECTED_RETENTION_DAYS."""
+        keep = timedelta(days=self.settings.rejected_retention_days)
+        rejections = PostgresRejections(self._engine)
+        while True:
+            try:
+                pruned = await rejections.prune(self.settings.clock() - keep)
+                if pruned:
+                    log.info("rejections_pruned", events=pruned)
+            except Exception as exc:  # noqa: BLE001 - retried at the next sweep
+                log.warning("rejection_prune_failed", error=repr(exc))
+            await asyncio.sleep(REJECTION_PRUNE_INTERVAL_SECONDS)
 
     async def _close_periods_forever(self) -> None:
         """Close due periods every BILLING_CLOSE_INTERVAL_SECONDS."""

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.invoice_adjustments import adjustment_line
-from billing_worker.domain.invoice_model import InvoiceLine, PlanSpan
+from billing_worker.domain.invoice_model import InvoiceDraft, InvoiceLine, PlanSpan
 from billing_worker.domain.invoicing import build_invoice
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from billing_worker.domain.pricebook import PriceBook
@@ -119,29 +119,9 @@ async def close_period(
                 f"period of account {account} (its period there is "
                 f"{calendar.period_of(period.start)})"
             )
-        cycle_period, cycle_months = calendar.cycle_period(period)
-        spans = await _plan_spans(uow, account, period, current_plan=stored.plan)
-        dimensions = {
-            meter: price.dimension
-            for meter, price in book.prices.items()
-            if price.dimension is not None
-        }
-        usage = await uow.invoices.usage(account, period, dimensions)
-        credits_used = await uow.invoices.credits_used(account, period)
-        currency = book.plan(spans[-1].plan).currency
-        adjustments = await _adjustments(uow, book, account, period, currency, dimensions)
-        draft = build_invoice(
-            book,
-            account=account,
-            period=period,
-            spans=spans,
-            usage=usage,
-            credit_use=credits_used,
-            adjustments=adjustments,
-            cycle_period=cycle_period,
-            cycle_months=cycle_months,
+        draft, watermark = await draft_invoice(
+            uow, book, account=account, period=period, current_plan=stored.plan
         )
-        watermark = max((u.last_entry_id or 0 for u in usage), default=0) or None
         invoice_id = invoice_id_for(account, period)
         if not await uow.invoices.insert(
             invoice_id, draft, status="draft" if review else "open", last_entry_id=watermark
@@ -167,6 +147,34 @@ async def close_period(
         await uow.schedule.advance(account, calendar)
         await uow.commit()
     return Closed(invoice_id, account, period, str(draft.total), draft.currency)
+
+
+async def draft_invoice(
+    uow: UnitOfWork, book: PriceBook, *, account: str, period: BillingPeriod, current_plan: str
+) -> tuple[InvoiceDraft, int | None]:
+    """The invoice the account's ``period`` closes into as things stand, and the last
+    ledger entry it covers; reads only. The close writes exactly this; the upcoming
+    invoice shows it."""
+    calendar = await uow.accounts.period_calendar(account)
+    cycle_period, cycle_months = calendar.cycle_period(period)
+    spans = await _plan_spans(uow, account, period, current_plan=current_plan)
+    dimensions = {meter: price.dimension for meter, price in book.prices.items() if price.dimension}
+    usage = await uow.invoices.usage(account, period, dimensions)
+    credits_used = await uow.invoices.credits_used(account, period)
+    currency = book.plan(spans[-1].plan).currency
+    adjustments = await _adjustments(uow, book, account, period, currency, dimensions)
+    draft = build_invoice(
+        book,
+        account=account,
+        period=period,
+        spans=spans,
+        usage=usage,
+        credit_use=credits_used,
+        adjustments=adjustments,
+        cycle_period=cycle_period,
+        cycle_months=cycle_months,
+    )
+    return draft, max((u.last_entry_id or 0 for u in usage), default=0) or None
 
 
 async def _plan_spans(

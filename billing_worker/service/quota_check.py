@@ -11,6 +11,7 @@ from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.quotas import QuotaAnswer, answer_quota_check
+from schemas.quota_check import QuotaCheckReply, QuotaCheckRequest
 
 
 class UnknownMeter(PermanentError):
@@ -58,3 +59,27 @@ async def check_quota(
     plan, used, period = await reader.plan_and_usage(account, meter, now)
     answer = answer_quota_check(book, plan or book.default_plan, meter, used, quantity)
     return QuotaCheckResult(answer=answer, period=period)
+
+
+async def answer_request(
+    reader: UsageReader, book: PriceBook, request: QuotaCheckRequest, now: datetime
+) -> QuotaCheckReply:
+    """The reply to a quota check, the same over AMQP and HTTP."""
+    result = await check_quota(
+        reader,
+        book,
+        account=request.account,
+        meter=request.meter,
+        quantity=request.quantity,
+        now=now,
+    )
+    answer = result.answer
+    return QuotaCheckReply(
+        account=request.account,
+        meter=request.meter,
+        allowed=answer.allowed,
+        used=answer.used,
+        limit=answer.limit,
+        remaining=answer.remaining,
+        period_end=result.period.end,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -97,6 +97,7 @@ class DeadLetterPublisher:
         events_exchange: str | None = None,
         notices: Mapping[str, RejectionNotice] | None = None,
         published: Counter | None = None,
+        on_announced: Callable[[Sequence[OutgoingEvent]], Awaitable[None]] | None = None,
     ) -> None:
         self._channel = channel
         self._clock = clock
@@ -105,6 +106,7 @@ class DeadLetterPublisher:
         self._events_exchange: AbstractExchange | None = None
         self._notices = dict(notices or {})
         self._published = published
+        self._on_announced = on_announced
 
     async def publish(self, queue: str, letters: Sequence[DeadLetter]) -> list[bool]:
         """Dead-letter each of ``letters``; return, aligned, whether the broker confirmed it."""
@@ -114,6 +116,7 @@ class DeadLetterPublisher:
             return_exceptions=True,
         )
         confirmed = []
+        announced = []
         for letter, result in zip(letters, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning(
@@ -125,9 +128,22 @@ class DeadLetterPublisher:
                 confirmed.append(False)
             else:
                 confirmed.append(True)
+                if result is not None:
+                    announced.append(result)
+        if announced and self._on_announced is not None:
+            await self._record(announced)
         return confirmed
 
-    async def _publish_one(self, dlq: str, queue: str, letter: DeadLetter) -> None:
+    async def _record(self, announced: Sequence[OutgoingEvent]) -> None:
+        """Hand the confirmed notices on (the record of rejections the API looks events up
+        in). Best effort: the dead letters are safe in their queue whatever happens here."""
+        assert self._on_announced is not None  # noqa: S101 - checked by the caller
+        try:
+            await self._on_announced(announced)
+        except Exception as exc:  # noqa: BLE001 - never fails a dead letter; logged
+            log.warning("rejections_not_recorded", count=len(announced), error=repr(exc))
+
+    async def _publish_one(self, dlq: str, queue: str, letter: DeadLetter) -> OutgoingEvent | None:
         original = letter.message
         rejected_at = self._clock()
         headers = {str(key): encodable(value) for key, value in (original.headers or {}).items()}
@@ -156,7 +172,10 @@ class DeadLetterPublisher:
             await self._channel.default_exchange.publish(message, routing_key=dlq, mandatory=True)
             notice = self._notices.get(queue)
             if notice is not None and self._events_exchange_name is not None:
-                await self._announce(self._events_exchange_name, notice(queue, letter, rejected_at))
+                event = notice(queue, letter, rejected_at)
+                await self._announce(self._events_exchange_name, event)
+                return event
+        return None
 
     async def _announce(self, exchange_name: str, event: OutgoingEvent) -> None:
         if self._events_exchange is None:
