@@ -21,7 +21,11 @@ from sqlalchemy import text
 from billing_worker import __version__
 from billing_worker.api import routes_accounts, routes_billing, routes_events, routes_writes
 from billing_worker.api.context import ApiContext
-from billing_worker.api.problems import install_problem_handlers, problem_response
+from billing_worker.api.problems import (
+    ERROR_RESPONSES,
+    install_problem_handlers,
+    problem_response,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -69,8 +73,20 @@ def create_app(ctx: ApiContext, registry: CollectorRegistry | None = None) -> Fa
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
+        raw = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
+        length = request.headers.get("content-length", "0")
+        limit = ctx.settings.api_max_body_bytes
+        response: Response
         try:
-            response = await call_next(request)
+            if b"%00" in raw or b"\x00" in raw:
+                # ids and names never hold NUL (PostgreSQL text can't): refused up front
+                response = problem_response(422, "NUL characters are not allowed in the URL")
+            elif not length.isdigit() or int(length) > limit:
+                response = problem_response(
+                    413, f"the body is over {limit} bytes (BILLING_API_MAX_BODY_BYTES)"
+                )
+            else:
+                response = await call_next(request)
         except Exception:
             log.exception("api_request_failed", method=request.method, path=request.url.path)
             response = problem_response(500, "the API failed to answer (see its logs)")
@@ -86,7 +102,7 @@ def create_app(ctx: ApiContext, registry: CollectorRegistry | None = None) -> Fa
         routes_events.router,
         routes_writes.router,
     ):
-        app.include_router(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
     _add_probes(app, ctx, metrics)
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,29 @@ TITLES = {
     429: "Too many requests",
     503: "Service unavailable",
 }
+
+
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+"""RFC 9457's members; ``errors``, ``reason`` or ``results`` may come with them."""
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": TITLES[status],
+        "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+    }
+    for status in (400, 401, 403, 404, 409, 413, 422, 503)
+}
+"""What any route may answer besides its success, documented on every operation."""
 
 
 class Problem(Exception):
@@ -55,6 +79,16 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _methods_of(app: FastAPI, path: str) -> list[str]:
+    """Every method the OpenAPI document serves at ``path``."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods.update(method.upper() for method in operations)
+    return sorted(methods)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Every error the app answers is a problem document, never an HTML page or a 500
     that says nothing."""
@@ -75,11 +109,22 @@ def install_problem_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"where": "request", "problem": "is invalid"}
         return problem_response(422, f"{first['where']}: {first['problem']}", errors=errors[:50])
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101
         detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
-        return problem_response(exc.status_code, detail, dict(exc.headers or {}) or None)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # routers may share a path (GET and POST .../credits): name every method of it
+            allowed = _methods_of(app, request.url.path)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not served here; this path takes {', '.join(allowed)}"
+        return problem_response(exc.status_code, detail, headers or None)
+
+    async def on_out_of_range(_: Request, exc: Exception) -> JSONResponse:
+        # dates past year 9999 (a period after 9999-12, say): input, not a fault of ours
+        return problem_response(422, f"a time or number is out of range: {exc}")
 
     app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(OverflowError, on_out_of_range)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

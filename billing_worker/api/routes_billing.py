@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +20,7 @@ from billing_worker.api.context import AccountReader as InvoiceReader
 from billing_worker.api.context import Admin, Context, Reader, owns
 from billing_worker.api.documents import draft_document
 from billing_worker.api.problems import Problem
+from billing_worker.consumers.quota_check import parse_quota_request
 from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.periods import calendar_month_of
 from billing_worker.service.invoices import InvalidTransition, InvoiceNotFound, move_invoice
@@ -30,7 +31,9 @@ from schemas.quota_check import QuotaCheckReply, QuotaCheckRequest
 router = APIRouter(tags=["billing"])
 
 InvoiceId = Annotated[str, Path(min_length=1, max_length=256)]
-Month = Annotated[str, Path(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
+Month = Annotated[
+    str, Path(pattern=r"^(19|2\d)\d{2}-(0[1-9]|1[0-2])$", description="YYYY-MM (1900-2999)")
+]
 Quantity = Annotated[Decimal, Field(ge=0, max_digits=38, decimal_places=18, allow_inf_nan=False)]
 MOVES = {"finalize": "open", "void": "void", "mark-uncollectible": "uncollectible"}
 
@@ -94,13 +97,24 @@ async def get_report(month: Month, who: Reader, ctx: Context) -> dict[str, Any]:
 @router.post(
     "/v1/quota/check",
     summary="May the account use this much more? 429 when not",
+    response_model=QuotaCheckReply,
     responses={429: {"description": "Not allowed: the same body, and Retry-After"}},
+    # the AMQP request's own model and parser, from the raw body
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": QuotaCheckRequest.model_json_schema()}},
+        }
+    },
 )
-async def quota_check(request: QuotaCheckRequest, who: Reader, ctx: Context) -> JSONResponse:
+async def quota_check(raw: Request, who: Reader, ctx: Context) -> JSONResponse:
     """The AMQP quota check's answer: 200 when allowed; 429 with the same body and
     ``Retry-After`` (seconds until the period ends, when the quota starts over)."""
     now = ctx.settings.clock()
     try:
+        request = parse_quota_request(await raw.body())
+        if "\x00" in request.account:
+            raise Problem(422, "account: NUL characters are not allowed")
         reply: QuotaCheckReply = await answer_request(
             PostgresUsageReader(ctx.engine), ctx.book, request, now
         )
@@ -133,6 +147,8 @@ class EstimateRequest(BaseModel):
     def _one_of(self) -> EstimateRequest:
         if (self.account is None) == (self.plan is None):
             raise ValueError("give exactly one of account or plan")
+        if "\x00" in (self.account or "") + (self.plan or ""):
+            raise ValueError("NUL characters are not allowed")
         return self
 
 

@@ -27,11 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The bench options."""
     parser.add_argument(
         "--mode",
-        choices=["throughput", "latency", "quota-check", "ledger-growth"],
+        choices=["throughput", "latency", "quota-check", "ledger-growth", "api"],
         default="throughput",
         help="throughput vs the raw ceiling (default); steady-rate latency; quota-check "
         "round trips under a usage load; or throughput before and after preloading a "
-        "large ledger (takes minutes)",
+        "large ledger (takes minutes); or the HTTP API: usage reads at --check-rate "
+        "over --preload-rows ledger rows (default none in this mode's first run) and "
+        "ingest of --events through one API process",
     )
     parser.add_argument("--events", type=int, default=50_000, help="deliveries per run")
     parser.add_argument("--accounts", type=int, default=1_000, help="distinct accounts")
@@ -52,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--preload-rows", type=int, default=10_000_000, help="ledger-growth mode: rows"
+    )
+    parser.add_argument(
+        "--api-preload-rows", type=int, default=0, help="api mode: ledger rows before reading"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -100,6 +105,24 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             runs.append(asdict(checked))
         report = {**header, "runs": runs, "median": _medians(runs)}
         _print(report, args.json, _quota_text)
+        return 0
+    if args.mode == "api":
+        from billing_worker.bench.api import measure_api  # noqa: PLC0415 - this mode only
+
+        runs = []
+        for i in range(args.runs):
+            async with scratch(amqp, database, "api") as place:
+                measured = await measure_api(
+                    place,
+                    rate=args.check_rate,
+                    duration=args.duration,
+                    events=args.events,
+                    preload_rows=args.api_preload_rows,
+                    log_path=logs / f"api-{i}.log",
+                )
+            runs.append(asdict(measured))
+        report = {**header, "runs": runs, "median": _medians(runs)}
+        _print(report, args.json, _api_text)
         return 0
     if args.mode == "latency":
         runs = []
@@ -271,4 +294,17 @@ def _growth_text(r: dict[str, Any]) -> str:
         f"  preloaded ledger: {m['preloaded']:.0f} events/s  (runs: "
         f"{', '.join(f'{x:.0f}' for x in r['preloaded_events_per_second'])})\n"
         f"  change: {m['change'] * 100:+.1f}%\n"
+    )
+
+
+def _api_text(r: dict[str, Any]) -> str:
+    return _per_run(
+        r,
+        ["HTTP API: GET /v1/accounts/{a}/usage at a steady rate, then POST /v1/events"],
+        lambda row: (
+            f"{row['read_rate']:.0f} reads/s over {row['preload_rows']:.0f} ledger rows  "
+            f"n={row['reads']:.0f}  errors={row['read_errors']:.0f}  p50={row['read_p50_ms']:.1f} "
+            f"p99={row['read_p99_ms']:.1f} max={row['read_max_ms']:.1f} ms; ingest "
+            f"{row['ingest_events_per_second']:.0f} events/s"
+        ),
     )

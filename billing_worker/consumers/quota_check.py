@@ -104,7 +104,7 @@ class QuotaCheckConsumer:
 
     async def _reply_body(self, body: bytes) -> tuple[bytes, str]:
         try:
-            request = _parse(body)
+            request = parse_quota_request(body)
             reply = await answer_request(self._reader, self._book, request, self._clock())
         except PermanentError as exc:
             return _error(exc.detail), "error"
@@ -119,7 +119,8 @@ class QuotaCheckConsumer:
         return reply.model_dump_json().encode(), "allowed" if reply.allowed else "denied"
 
 
-def _parse(body: bytes) -> QuotaCheckRequest:
+def parse_quota_request(body: bytes) -> QuotaCheckRequest:
+    """A quota-check request from its bytes (over AMQP or HTTP), or a ``PermanentError``."""
     if len(body) > MAX_REQUEST_BYTES:
         raise PermanentError(
             f"request is {len(body)} bytes; at most {MAX_REQUEST_BYTES}", reason="too_large"

@@ -18,7 +18,12 @@ from billing_worker import __version__
 from billing_worker.adapters.observability.logging import configure_logging
 from billing_worker.config import ConfigError, Settings, load_settings
 from billing_worker.domain.errors import PermanentError
-from billing_worker.entrypoints.cli_support import CommandFailed, event_loop_run, fail
+from billing_worker.entrypoints.cli_support import (
+    CommandFailed,
+    configured_pricebook,
+    event_loop_run,
+    fail,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -119,7 +124,6 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR0
     """Run the command ``args`` names; return its exit status."""
     command = args.command
     if command == "run":
-        from billing_worker.entrypoints.cli_support import configured_pricebook
         from billing_worker.entrypoints.worker import serve
 
         return event_loop_run(serve(settings, configured_pricebook(settings)))

@@ -20,9 +20,10 @@ from billing_worker.api.server import close_context, open_context
 from billing_worker.config import Settings
 from tests.clock import now
 from tests.conftest import AMQP_URL
+from tests.e2e.conftest import bus, start_worker  # noqa: F401 - fixtures for the API tests
 from tests.pricebooks import DEFAULT_BOOK
 
-TOKEN_SECRET = "test-portal-secret"
+TOKEN_SECRET = "test-portal-secret"  # noqa: S105 - a test's own secret
 SCOPES = ("read", "ingest", "write", "admin")
 
 
