@@ -1,8 +1,8 @@
 """For product services: publish usage to billing-worker and subscribe to its billing events.
 
-This package imports only aio-pika and :mod:`schemas` (and the broker names of the
+This package imports only aio-pika, httpx and :mod:`schemas` (and the broker names of the
 topology), never the worker's database, Stripe or observability code, so a service can
-use it without loading any of that.
+use it without loading any of that. :class:`BillingApi` is the HTTP API's client.
 """
 
 from billing_worker.client.billing_events import (
@@ -11,6 +11,7 @@ from billing_worker.client.billing_events import (
     UnknownBillingEventType,
     parse_billing_event,
 )
+from billing_worker.client.http_api import ApiError, BillingApi
 from billing_worker.client.publisher import (
     UsageNotPublished,
     UsagePublisher,
@@ -29,6 +30,8 @@ from billing_worker.client.usage_event import (
 
 __all__ = [
     "DEFAULT_AMQP_URL",
+    "ApiError",
+    "BillingApi",
     "BillingEventHandler",
     "BillingEventSubscriber",
     "InvalidUsageEvent",

@@ -4,12 +4,16 @@ hashed and revoked keys stop working."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 
 from billing_worker.adapters.postgres.api_keys import PostgresApiKeys, secret_hash, split_key
+from billing_worker.adapters.postgres.rejections import PostgresRejections
 from billing_worker.api.auth import KeyCheck, portal_token
+from billing_worker.entrypoints import cli
+from billing_worker.service.ports import OutgoingEvent
 from tests.api.conftest import TOKEN_SECRET, Api
 from tests.clock import now
 
@@ -125,3 +129,44 @@ async def test_keys_are_stored_hashed_and_revocation_holds(api: Api) -> None:
     assert await check.caller(key) is not None  # cached for a few seconds
     ticks[0] = 11.0
     assert await check.caller(key) is None
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_api_key_commands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], database_url: str
+) -> None:
+    """api-key create prints the key once (--json with name and scope), a second key of
+    that name is refused, list shows it without its secret, revoke ends it (exit 1 when
+    there is nothing to revoke)."""
+    monkeypatch.setenv("BILLING_DATABASE_URL", database_url)
+    assert cli.main(["api-key", "create", "crm", "--scope", "write", "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert (made["name"], made["scope"]) == ("crm", "write")
+    assert made["key"].startswith("bwk_")
+    assert cli.main(["api-key", "create", "crm", "--scope", "read"]) == 1
+    assert "exists already" in capsys.readouterr().err
+    assert cli.main(["api-key", "list", "--json"]) == 0
+    listed = capsys.readouterr().out
+    assert '"crm"' in listed
+    assert made["key"].split("_")[2] not in listed
+    assert cli.main(["api-key", "revoke", "crm"]) == 0
+    assert cli.main(["api-key", "revoke", "crm"]) == 1
+
+
+async def test_old_rejections_are_pruned(api: Api) -> None:
+    """Rejections older than the retention are forgotten; newer ones stay."""
+    rejections = PostgresRejections(api.ctx.engine)
+    for event_id, age in (("old", 40), ("new", 1)):
+        await rejections.record(
+            [
+                OutgoingEvent(
+                    event_id, "usage.rejected", "a",
+                    {"time": (now() - timedelta(days=age)).isoformat(),
+                     "data": {"source": "s", "original_id": event_id, "reason": "r",
+                              "detail": "d", "queue": "q"}},
+                )
+            ]
+        )  # fmt: skip
+    assert await rejections.prune(now() - timedelta(days=30)) == 1
+    assert (await api.get("/v1/events/s/new")).json()["status"] == "rejected"
+    assert (await api.get("/v1/events/s/old")).status_code == 404

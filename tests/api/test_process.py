@@ -17,8 +17,8 @@ from unittest.mock import MagicMock
 
 import pytest
 import schemathesis
-from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from billing_worker.api.app import create_app
 from tests.clock import child_env

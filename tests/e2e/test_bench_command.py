@@ -63,3 +63,16 @@ def test_ledger_growth_mode_compares_empty_and_preloaded() -> None:
     assert report["preload_rows"] == 5000
     assert report["median"]["empty"] > 0
     assert report["median"]["preloaded"] > 0
+
+
+def test_api_mode_reads_and_ingests_through_the_api_process() -> None:
+    """API mode reads usage at a rate and ingests through a real API process: every read
+    answered, every event accepted, percentiles in order."""
+    report = bench(
+        "--mode", "api", "--duration", "1", "--check-rate", "20", "--events", "60", "--runs", "1"
+    )
+    (run,) = report["runs"]
+    assert run["reads"] >= 15
+    assert run["read_errors"] == 0
+    assert 0 < run["read_p50_ms"] <= run["read_p99_ms"] <= run["read_max_ms"]
+    assert run["ingest_events_per_second"] > 0

@@ -349,6 +349,7 @@ class TestCompose:
                     "BILLING_STRIPE_RELAY_PORT", DEFAULTS.stripe_relay_port
                 )
             ),
+            "api": int(services["api"]["environment"].get("BILLING_API_PORT", DEFAULTS.api_port)),
         }
         discovered = {
             name: sd["port"]
