@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from billing_worker.adapters.clock import SystemClock
 from billing_worker.adapters.postgres.account_summary import account_summary
 from billing_worker.adapters.postgres.invoice_document import invoice_document
 from billing_worker.domain.pricebook import CreditSource
@@ -38,7 +39,7 @@ async def record(api: Api, records: list[UsageRecord], now: datetime) -> None:
 def at_clock(api: Api, moment: datetime) -> None:
     """Make the API's clock read ``moment`` (the tests fix the day they are about)."""
     api.ctx.settings = api.ctx.settings.model_copy(
-        update={"clock_offset_seconds": (moment - datetime.now(UTC)).total_seconds()}
+        update={"clock_offset_seconds": (moment - SystemClock()()).total_seconds()}
     )
 
 
