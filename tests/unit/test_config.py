@@ -88,4 +88,3 @@ def test_cli_exits_2_with_the_variable_on_bad_config(
     monkeypatch.setenv("BILLING_HTTP_PORT", "not-a-port")
     assert main(["run"]) == 2
     assert "BILLING_HTTP_PORT" in capsys.readouterr().err
-
