@@ -276,6 +276,12 @@ class InvoiceLineData(_Payload):
     refers_to_period_start: UtcDatetime | None = Field(
         description="Adjustments: the start of the closed period they correct."
     )
+    billed_by: Literal["worker", "stripe_subscription"] = Field(
+        default="worker",
+        description="Who charges the amount: the worker (pushed to Stripe as an invoice "
+        "item), or the account's Stripe subscription (a plan fee on a licensed price, which "
+        "Stripe invoices itself; shown so the total explains every cent).",
+    )
 
 
 class InvoiceReadyData(_Payload):
@@ -296,6 +302,14 @@ class InvoiceReadyData(_Payload):
         "of its own only when the price book sets credits.shortfall_price.",
     )
     total: DecimalString = Field(description="What is owed.")
+    billed_by_worker: DecimalString | None = Field(
+        default=None,
+        description="The part of the total the worker charges (the lines billed_by worker).",
+    )
+    billed_by_subscription: DecimalString | None = Field(
+        default=None,
+        description="The part of the total a Stripe subscription charges itself.",
+    )
     currency: CurrencyCode = Field(description="Lower-case ISO 4217 code, e.g. usd.")
     pricebook_version: Name = Field(description="The price book the invoice was rated with.")
 

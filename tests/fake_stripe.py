@@ -1,10 +1,18 @@
-"""A small threaded fake of the Stripe API, enough for the official SDK to push invoices.
+"""A small threaded fake of the Stripe API, enough for the official SDK to push invoices
+and to read them back for reconciling.
 
 Routes: ``POST /v1/invoices``, ``GET /v1/invoices`` (``customer`` filter, pagination),
-``POST /v1/invoiceitems``, ``GET /v1/invoiceitems`` (``invoice``/``customer`` filters,
-pagination) and ``POST /v1/invoices/{id}/finalize``. Bodies are form-encoded as the SDK
-sends them (``metadata[billing_invoice_id]=...``); answers are JSON shaped like Stripe's
-objects and errors (``{"error": {"type", "code", "message", "param"}}``).
+``GET /v1/invoices/{id}``, ``POST /v1/invoiceitems`` (on a draft ``invoice``, or pending on
+a ``subscription`` when no invoice is given), ``GET /v1/invoiceitems``
+(``invoice``/``customer``/``pending`` filters, pagination), ``POST
+/v1/invoices/{id}/finalize``, ``GET /v1/invoice_payments`` (``invoice`` filter), ``GET
+/v1/refunds`` (``payment_intent``/``charge`` filters) and ``GET /v1/subscriptions/{id}``.
+Bodies are form-encoded as the SDK sends them (``metadata[billing_invoice_id]=...``);
+answers are JSON shaped like Stripe's objects of the 2026 API (an item's subscription under
+``parent.subscription_details``, and also at the top as before 2025; an invoice's payments
+as ``invoice_payment`` objects; a subscription's period on its items) and errors
+(``{"error": {"type", "code", "message", "param"}}``); an unknown id is a 404
+``resource_missing``.
 
 ``Idempotency-Key`` is honoured as Stripe documents it for API v1:
   * the status and body of the first request with a key are saved once the endpoint has
@@ -23,6 +31,14 @@ released; unknown customers are a 400 ``resource_missing``; a wrong API key is a
 message shows the key masked like Stripe does, or whole with ``echo_api_key_in_errors``).
 Every request is recorded (method, path, route, idempotency key, parsed params, answer),
 and ``open_connections`` counts the client connections still open (keep-alive).
+
+What happens in Stripe outside the code under test: ``add_subscription`` and
+``cancel_subscription`` (or a subscription registered in ``subscriptions``);
+``invoice_subscription`` (a renewal: an invoice of the fee that takes the subscription's
+pending items); ``pay_invoice`` (a payment intent and its charge, attached as the invoice's
+payment), ``refund_invoice``, ``void_invoice``, ``mark_uncollectible``; ``seed_invoice``,
+``seed_item`` and ``seed_pending_item`` (objects made by hand); ``set_item_amount`` and
+``delete_item`` (an item edited or removed).
 """
 
 from __future__ import annotations
@@ -48,6 +64,10 @@ ROUTES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ("POST", "POST /v1/invoiceitems", re.compile(r"^/v1/invoiceitems$")),
     ("GET", "GET /v1/invoiceitems", re.compile(r"^/v1/invoiceitems$")),
     ("POST", "POST /v1/invoices/{id}/finalize", re.compile(r"^/v1/invoices/([^/]+)/finalize$")),
+    ("GET", "GET /v1/invoices/{id}", re.compile(r"^/v1/invoices/([^/]+)$")),
+    ("GET", "GET /v1/invoice_payments", re.compile(r"^/v1/invoice_payments$")),
+    ("GET", "GET /v1/refunds", re.compile(r"^/v1/refunds$")),
+    ("GET", "GET /v1/subscriptions/{id}", re.compile(r"^/v1/subscriptions/([^/]+)$")),
 )
 
 
@@ -110,10 +130,15 @@ class FakeStripe:
     ) -> None:
         self.api_key = api_key
         self.customers: set[str] = set(customers)
+        self.subscriptions: dict[str, str] = {}
+        """Subscription id -> its customer: what pending invoice items may be put on."""
         self.echo_api_key_in_errors = False
         self.requests: list[RecordedRequest] = []
         self._invoices: dict[str, dict[str, Any]] = {}
         self._items: dict[str, dict[str, Any]] = {}
+        self._subscriptions: dict[str, dict[str, Any]] = {}
+        self._payments: dict[str, dict[str, Any]] = {}
+        self._refunds: dict[str, dict[str, Any]] = {}
         self._saved: dict[str, _Saved] = {}
         self._in_flight: set[str] = set()
         self._faults: list[_Fault] = []
@@ -227,6 +252,157 @@ class FakeStripe:
                 }
             )
             return str(item["id"])
+
+    def invoice_subscription(self, subscription: str, *, fee: int = 0) -> str:
+        """What Stripe does at a subscription's renewal: an invoice of the subscription's
+        ``fee`` plus every item pending on it, finalized; returns the invoice id."""
+        with self._lock:
+            customer = self.subscriptions[subscription]
+            invoice = self._new_invoice({"customer": customer, "currency": "usd"})
+            invoice["subscription"] = subscription
+            invoice["billing_reason"] = "subscription_cycle"
+            invoice["subscription_fee"] = fee
+            for item in self._items.values():
+                if item["invoice"] is None and item.get("subscription") == subscription:
+                    item["invoice"] = invoice["id"]
+            invoice["status"] = "open" if self._total(invoice["id"]) + fee > 0 else "paid"
+            invoice["status_transitions"]["finalized_at"] = next(self._clock)
+            return str(invoice["id"])
+
+    def seed_pending_item(
+        self,
+        customer: str,
+        amount: int,
+        *,
+        subscription: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        currency: str = "usd",
+    ) -> str:
+        """A pending invoice item (on ``subscription``, or the customer's) made outside the
+        code under test."""
+        with self._lock:
+            item = self._new_item(
+                {
+                    "customer": customer,
+                    "amount": str(amount),
+                    "currency": currency,
+                    "subscription": subscription,
+                    "metadata": dict(metadata or {}),
+                }
+            )
+            return str(item["id"])
+
+    def set_item_amount(self, item_id: str, amount: int) -> None:
+        """Someone edited the item's amount (in Stripe, while its invoice was a draft)."""
+        with self._lock:
+            self._items[item_id]["amount"] = amount
+
+    def delete_item(self, item_id: str) -> None:
+        """Someone deleted the item (pending, or on a draft)."""
+        with self._lock:
+            del self._items[item_id]
+
+    def add_subscription(
+        self,
+        subscription_id: str,
+        customer: str,
+        *,
+        current_period_end: int,
+        status: str = "active",
+    ) -> None:
+        """A subscription of ``customer`` whose current period ends at ``current_period_end``
+        (Unix seconds)."""
+        with self._lock:
+            self.subscriptions[subscription_id] = customer
+            self._subscriptions[subscription_id] = {
+                "id": subscription_id,
+                "object": "subscription",
+                "customer": customer,
+                "status": status,
+                "canceled_at": None,
+                "ended_at": None,
+                "created": next(self._clock),
+                "items": {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": f"si_{subscription_id}",
+                            "object": "subscription_item",
+                            "subscription": subscription_id,
+                            "current_period_start": current_period_end - 30 * 86_400,
+                            "current_period_end": current_period_end,
+                        }
+                    ],
+                    "has_more": False,
+                    "url": f"/v1/subscription_items?subscription={subscription_id}",
+                },
+            }
+
+    def cancel_subscription(self, subscription_id: str) -> None:
+        """Canceled at once, without invoicing what is pending (Stripe's default)."""
+        with self._lock:
+            subscription = self._subscriptions[subscription_id]
+            subscription["status"] = "canceled"
+            subscription["canceled_at"] = subscription["ended_at"] = next(self._clock)
+
+    def pay_invoice(self, invoice_id: str) -> tuple[str, str]:
+        """The customer pays the finalized invoice: a payment intent and its charge, attached
+        as the invoice's payment. Returns ``(payment_intent, charge)``."""
+        with self._lock:
+            invoice = self._invoices[invoice_id]
+            if invoice["status"] not in ("open", "uncollectible"):
+                raise ValueError(f"{invoice_id} is {invoice['status']}, not payable")
+            amount = self._total(invoice_id)
+            number = next(self._ids)
+            intent, charge = f"pi_fake{number:06d}", f"ch_fake{number:06d}"
+            invoice["status"] = "paid"
+            invoice["amount_paid"] = amount
+            invoice["status_transitions"]["paid_at"] = next(self._clock)
+            payment_id = f"inpay_fake{number:06d}"
+            self._payments[payment_id] = {
+                "id": payment_id,
+                "object": "invoice_payment",
+                "invoice": invoice_id,
+                "amount_paid": amount,
+                "amount_requested": amount,
+                "currency": invoice["currency"],
+                "is_default": True,
+                "livemode": False,
+                "status": "paid",
+                "created": next(self._clock),
+                "payment": {"type": "payment_intent", "payment_intent": intent},
+                "status_transitions": {"paid_at": invoice["status_transitions"]["paid_at"]},
+                "_charge": charge,
+            }
+            return intent, charge
+
+    def refund_invoice(self, invoice_id: str, amount: int, *, status: str = "succeeded") -> str:
+        """A refund of ``amount`` of the invoice's payment, made in the Dashboard."""
+        with self._lock:
+            (payment,) = [p for p in self._payments.values() if p["invoice"] == invoice_id]
+            refund_id = f"re_fake{next(self._ids):06d}"
+            self._refunds[refund_id] = {
+                "id": refund_id,
+                "object": "refund",
+                "amount": amount,
+                "currency": payment["currency"],
+                "charge": payment["_charge"],
+                "payment_intent": payment["payment"]["payment_intent"],
+                "status": status,
+                "created": next(self._clock),
+                "metadata": {},
+            }
+            return refund_id
+
+    def void_invoice(self, invoice_id: str) -> None:
+        """Someone voided the finalized invoice in Stripe."""
+        with self._lock:
+            self._invoices[invoice_id]["status"] = "void"
+
+    def mark_uncollectible(self, invoice_id: str) -> None:
+        """Someone marked the finalized invoice uncollectible in Stripe."""
+        with self._lock:
+            self._invoices[invoice_id]["status"] = "uncollectible"
 
     # --- state for assertions -----------------------------------------------------------
 
@@ -357,24 +533,64 @@ class FakeStripe:
         customer = params.get("customer")
         if route.startswith("GET") and customer is not None and customer not in self.customers:
             return _refusal("resource_missing", f"No such customer: '{customer}'", param="customer")
+        if route == "POST /v1/invoiceitems":
+            return self._create_item(params)
+        if route == "POST /v1/invoices/{id}/finalize":
+            return self._finalize(match.group(1), params)
+        if route.endswith("{id}"):
+            return self._retrieve(route, match.group(1))
+        return 200, _page(route.removeprefix("GET "), self._listed(route, params), params), True
+
+    def _listed(self, route: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """What a list route finds, before paging, for its filters."""
         if route == "GET /v1/invoices":
-            found = [
+            return [
                 self._invoice_view(inv)
                 for inv in self._invoices.values()
                 if params.get("customer") in (None, inv["customer"])
             ]
-            return 200, _page("/v1/invoices", found, params), True
-        if route == "POST /v1/invoiceitems":
-            return self._create_item(params)
         if route == "GET /v1/invoiceitems":
-            found = [
-                json.loads(json.dumps(item))
+            pending = {"true": True, "false": False}.get(str(params.get("pending")))
+            return [
+                _item_view(item)
                 for item in self._items.values()
                 if params.get("invoice") in (None, item["invoice"])
                 and params.get("customer") in (None, item["customer"])
+                and pending in (None, item["invoice"] is None)
             ]
-            return 200, _page("/v1/invoiceitems", found, params), True
-        return self._finalize(match.group(1), params)
+        if route == "GET /v1/invoice_payments":
+            return [
+                {k: v for k, v in payment.items() if not k.startswith("_")}
+                for payment in self._payments.values()
+                if params.get("invoice") in (None, payment["invoice"])
+            ]
+        return [  # GET /v1/refunds
+            dict(refund)
+            for refund in self._refunds.values()
+            if params.get("payment_intent") in (None, refund["payment_intent"])
+            and params.get("charge") in (None, refund["charge"])
+        ]
+
+    def _retrieve(self, route: str, object_id: str) -> tuple[int, dict[str, Any], bool]:
+        """An invoice or a subscription by id."""
+        if route == "GET /v1/invoices/{id}":
+            invoice = self._invoices.get(object_id)
+            if invoice is None:
+                return _missing("invoice", object_id)
+            return 200, self._invoice_view(invoice), True
+        subscription = self._subscriptions.get(object_id)
+        if subscription is None and object_id in self.subscriptions:
+            subscription = {  # registered without a period: an active subscription
+                "id": object_id,
+                "object": "subscription",
+                "customer": self.subscriptions[object_id],
+                "status": "active",
+                "canceled_at": None,
+                "items": {"object": "list", "data": [], "has_more": False},
+            }
+        if subscription is None:
+            return _missing("subscription", object_id)
+        return 200, json.loads(json.dumps(subscription)), True
 
     def _create_invoice(self, params: dict[str, Any]) -> tuple[int, dict[str, Any], bool]:
         customer = params.get("customer")
@@ -386,6 +602,8 @@ class FakeStripe:
         return 200, self._invoice_view(invoice), True
 
     def _create_item(self, params: dict[str, Any]) -> tuple[int, dict[str, Any], bool]:
+        if "invoice" not in params:
+            return self._create_pending_item(params)
         customer = params.get("customer")
         invoice = self._invoices.get(str(params.get("invoice"))) or {}
         checks = (
@@ -430,6 +648,22 @@ class FakeStripe:
         for passed, code, message, param in checks:
             if not passed:
                 return _refusal(code, message, param=param)
+        return 200, dict(self._new_item(params)), True
+
+    def _create_pending_item(self, params: dict[str, Any]) -> tuple[int, dict[str, Any], bool]:
+        """An item on no invoice yet: the customer's (or its ``subscription``'s) next one."""
+        customer = params.get("customer")
+        subscription = params.get("subscription")
+        if customer not in self.customers:
+            return _refusal("resource_missing", f"No such customer: '{customer}'", param="customer")
+        if subscription is not None and self.subscriptions.get(str(subscription)) != customer:
+            return _refusal(
+                "resource_missing", f"No such subscription: '{subscription}'", param="subscription"
+            )
+        if re.fullmatch(r"-?\d+", str(params.get("amount", ""))) is None:
+            return _refusal(
+                "parameter_invalid_integer", "amount must be an integer", param="amount"
+            )
         return 200, dict(self._new_item(params)), True
 
     def _finalize(
@@ -482,6 +716,11 @@ class FakeStripe:
             "currency": params.get("currency"),
             "description": params.get("description"),
             "metadata": dict(params.get("metadata") or {}),
+            "subscription": params.get("subscription"),
+            "period": {
+                "start": int(params.get("period", {}).get("start", 0)) or None,
+                "end": int(params.get("period", {}).get("end", 0)) or None,
+            },
             "date": next(self._clock),
             "livemode": False,
         }
@@ -610,6 +849,25 @@ def _page(url: str, found: list[dict[str, Any]], params: Mapping[str, Any]) -> d
         "has_more": len(newest_first) > limit,
         "data": newest_first[:limit],
     }
+
+
+def _item_view(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An invoice item as the 2026 API shows it: its subscription under ``parent``."""
+    view: dict[str, Any] = json.loads(json.dumps(item))
+    subscription = item.get("subscription")
+    view["parent"] = (
+        {
+            "type": "subscription_details",
+            "subscription_details": {"subscription": subscription, "subscription_item": None},
+        }
+        if subscription
+        else None
+    )
+    return view
+
+
+def _missing(kind: str, object_id: str) -> tuple[int, dict[str, Any], bool]:
+    return _refusal("resource_missing", f"No such {kind}: '{object_id}'", param="id", status=404)
 
 
 def _masked(key: str) -> str:

@@ -37,7 +37,9 @@ from billing_worker.domain.pricebook import (
     Plan,
     PlanMeter,
     PriceBook,
+    RefundPolicy,
     StripePrice,
+    UsageBilling,
 )
 
 DEFAULT_PRICEBOOK_NAME = "default.toml"
@@ -96,6 +98,7 @@ class _Reader(PriceReader):
                 "credit_costs",
                 "credit_products",
                 "stripe_prices",
+                "stripe",
             ),
         )
         version = self.string(self.required(raw, "", "version"), "version", NAME)
@@ -127,7 +130,22 @@ class _Reader(PriceReader):
                     "credits for (use a sum or count meter)",
                 )
         credit_terms = self.table(raw.get("credits", {}), "credits")
-        self.only(credit_terms, "credits", ("low_balance", "shortfall_price"))
+        self.only(credit_terms, "credits", ("low_balance", "shortfall_price", "on_refund"))
+        on_refund = self.choice(
+            credit_terms.get("on_refund", RefundPolicy.CLAW_BACK.value),
+            "credits.on_refund",
+            RefundPolicy,
+        )
+        stripe_terms = self.table(raw.get("stripe", {}), "stripe")
+        self.only(stripe_terms, "stripe", ("usage_billing", "automatic_tax"))
+        usage_billing = self.choice(
+            stripe_terms.get("usage_billing", UsageBilling.SUBSCRIPTION.value),
+            "stripe.usage_billing",
+            UsageBilling,
+        )
+        automatic_tax = stripe_terms.get("automatic_tax", False)
+        if not isinstance(automatic_tax, bool):
+            raise self.fail("stripe.automatic_tax", "must be true or false")
         low = self.number(credit_terms.get("low_balance", 0), "credits.low_balance")
         shortfall_price = None
         if "shortfall_price" in credit_terms:
@@ -150,6 +168,9 @@ class _Reader(PriceReader):
             stripe_prices=stripe,
             credits_low_balance=low,
             credit_shortfall_price=shortfall_price,
+            credit_refund_policy=on_refund,
+            usage_billing=usage_billing,
+            stripe_automatic_tax=automatic_tax,
         )
 
     def check_meters_known(self, by_meter: Mapping[str, object], section: str) -> None:

@@ -29,6 +29,12 @@ Two consequences of Stripe saving the first response, whatever it was:
   * a key reused with other parameters is an ``IdempotencyError``; it is treated as
     transient (it also covers "a request with this key is in flight").
 
+An invoice whose lines go onto a subscription (``SyncInvoice.subscription_id``) is one
+kind of write: a pending invoice item per line, with ``subscription`` and the same
+metadata, keyed ``...:pending:<line_no>``. The customer's items are listed first and
+matched on that metadata, pending or already invoiced, so a line is never added twice
+however old its key; Stripe's next invoice of the subscription takes them.
+
 A voided invoice carrying our id is not recreated (someone decided it in Stripe) and two
 live ones are not chosen between: both are permanent errors for a human to look at.
 
@@ -43,25 +49,32 @@ to retry, from the error type.
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import stripe
 
+from billing_worker.adapters.stripe_client import stripe_client
+from billing_worker.adapters.stripe_push import InvoicePush
+from billing_worker.adapters.stripe_sync_model import (
+    METADATA_INVOICE_ID,
+    METADATA_LINE_NO,
+    PermanentStripeError,
+    StripeSyncError,
+    SyncInvoice,
+    SyncLine,
+    TransientStripeError,
+    finalize_key,
+    invoice_key,
+    line_key,
+    pending_line_key,
+)
+
 if TYPE_CHECKING:
-    from stripe import Invoice, StripeClient
+    pass
 
 T = TypeVar("T")
 
-METADATA_INVOICE_ID = "billing_invoice_id"
-METADATA_LINE_NO = "line_no"
-KEY_PREFIX = "billing-worker"
-MAX_INVOICE_ID_LENGTH = 200  # keeps every idempotency key under Stripe's 255 characters
-LIST_PAGE_SIZE = 100
-CURRENCY = re.compile(r"^[a-z]{3}$")
 
 TRANSIENT_SDK_ERRORS: tuple[type[stripe.StripeError], ...] = (
     stripe.APIConnectionError,
@@ -82,118 +95,6 @@ CREDENTIAL_ERRORS: tuple[type[stripe.StripeError], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class SyncLine:
-    """One line of our invoice: ``amount_minor`` in integer minor units, may be negative."""
-
-    line_no: int
-    description: str
-    amount_minor: int
-
-    def __post_init__(self) -> None:
-        if isinstance(self.line_no, bool) or not isinstance(self.line_no, int):
-            raise TypeError(f"line_no must be an int, not {self.line_no!r}")
-        if self.line_no < 0:
-            raise ValueError(f"line_no must not be negative, not {self.line_no}")
-        if isinstance(self.amount_minor, bool) or not isinstance(self.amount_minor, int):
-            raise TypeError(
-                f"line {self.line_no}: amount_minor must be an int, not {self.amount_minor!r}"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class SyncInvoice:
-    """One of our invoices, as Stripe needs it."""
-
-    invoice_id: str
-    customer_id: str
-    currency: str
-    lines: tuple[SyncLine, ...]
-    period_start: datetime
-    period_end: datetime
-
-    def __post_init__(self) -> None:
-        if not self.invoice_id or len(self.invoice_id) > MAX_INVOICE_ID_LENGTH:
-            raise ValueError(
-                f"invoice_id must be 1 to {MAX_INVOICE_ID_LENGTH} characters, "
-                f"not {self.invoice_id!r}"
-            )
-        if not self.customer_id:
-            raise ValueError(f"{self.invoice_id}: customer_id is empty")
-        if not CURRENCY.match(self.currency):
-            raise ValueError(
-                f"{self.invoice_id}: currency must be three lower-case letters, "
-                f"not {self.currency!r}"
-            )
-        for name in ("period_start", "period_end"):
-            moment = getattr(self, name)
-            if moment.tzinfo is None or moment.utcoffset() is None:
-                raise ValueError(f"{self.invoice_id}: {name} must be timezone-aware")
-        if self.period_end <= self.period_start:
-            raise ValueError(f"{self.invoice_id}: period_end must be after period_start")
-        numbers = [line.line_no for line in self.lines]
-        if len(set(numbers)) != len(numbers):
-            # Two lines with one number would share an idempotency key.
-            raise ValueError(f"{self.invoice_id}: line numbers repeat: {sorted(numbers)}")
-
-    @property
-    def billable_lines(self) -> tuple[SyncLine, ...]:
-        """The lines Stripe gets an item for: every line with a non-zero amount."""
-        return tuple(line for line in self.lines if line.amount_minor != 0)
-
-    @property
-    def description(self) -> str:
-        """The Stripe invoice's description: the period, in UTC."""
-        start = self.period_start.astimezone(UTC)
-        end = self.period_end.astimezone(UTC)
-        return f"Usage {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
-
-
-class StripeSyncError(Exception):
-    """Pushing an invoice failed; ``detail`` names the step and never the API key."""
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        step: str,
-        invoice_id: str,
-        http_status: int | None = None,
-        code: str | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.step = step
-        self.invoice_id = invoice_id
-        self.http_status = http_status
-        self.code = code
-        self.request_id = request_id
-
-
-class TransientStripeError(StripeSyncError):
-    """Network error, 429, 5xx or an idempotency conflict: push again later."""
-
-
-class PermanentStripeError(StripeSyncError):
-    """A request retrying cannot fix (invalid, unauthorised, no such customer...)."""
-
-
-def invoice_key(invoice_id: str) -> str:
-    """Idempotency key of creating the Stripe invoice."""
-    return f"{KEY_PREFIX}:{invoice_id}:invoice"
-
-
-def line_key(invoice_id: str, line_no: int) -> str:
-    """Idempotency key of adding line ``line_no``."""
-    return f"{KEY_PREFIX}:{invoice_id}:line:{line_no}"
-
-
-def finalize_key(invoice_id: str) -> str:
-    """Idempotency key of finalizing."""
-    return f"{KEY_PREFIX}:{invoice_id}:finalize"
-
-
 class StripeInvoiceSync:
     """Pushes invoices to Stripe; see the module docstring for what makes retries safe."""
 
@@ -209,29 +110,25 @@ class StripeInvoiceSync:
     def __repr__(self) -> str:
         return f"StripeInvoiceSync(api_base={self._api_base!r}, timeout={self._timeout})"
 
-    async def push(self, invoice: SyncInvoice) -> str:
-        """Create, fill and finalize ``invoice`` in Stripe (or finish an earlier attempt).
+    async def push(self, invoice: SyncInvoice) -> str | None:
+        """Create, fill and finalize ``invoice`` in Stripe (or finish an earlier attempt),
+        returning the Stripe invoice id (``in_...``); or, for an invoice naming a
+        subscription, add its lines as pending items on it, returning None.
 
-        Returns the Stripe invoice id (``in_...``). Raises ``TransientStripeError`` when a
-        later push may succeed and ``PermanentStripeError`` when it cannot.
+        Raises ``TransientStripeError`` when a later push may succeed and
+        ``PermanentStripeError`` when it cannot.
         """
         return await asyncio.to_thread(self._push_blocking, invoice)
 
     # --- on the worker thread -----------------------------------------------------------
 
-    def _push_blocking(self, invoice: SyncInvoice) -> str:
-        http_client = stripe.RequestsClient(timeout=self._timeout)
-        try:
-            client = stripe.StripeClient(
-                self._api_key,
-                base_addresses={"api": self._api_base} if self._api_base else None,
-                max_network_retries=0,
-                http_client=http_client,
-            )
-            return _Push(client, invoice, self._call).run()
-        finally:
-            # The session of this thread, the only one this push used. (Untyped in the SDK.)
-            http_client.close()  # type: ignore[no-untyped-call]
+    def _push_blocking(self, invoice: SyncInvoice) -> str | None:
+        with stripe_client(self._api_key, self._api_base, self._timeout) as client:
+            push = InvoicePush(client, invoice, self._call)
+            if invoice.subscription_id is not None:
+                push.add_pending()
+                return None
+            return push.run()
 
     def _call(self, step: str, invoice: SyncInvoice, request: Callable[[], T]) -> T:
         """``request()``, with the SDK's errors mapped onto ours."""
@@ -278,165 +175,17 @@ class StripeInvoiceSync:
         return text.replace(self._api_key, "[redacted]")
 
 
-class _Push:
-    """One push of one invoice, on one thread, with one client."""
-
-    def __init__(
-        self,
-        client: StripeClient,
-        invoice: SyncInvoice,
-        call: Callable[[str, SyncInvoice, Callable[[], Any]], Any],
-    ) -> None:
-        self.client = client
-        self.invoice = invoice
-        self._call = call
-
-    def call(self, step: str, request: Callable[[], T]) -> T:
-        result: T = self._call(step, self.invoice, request)
-        return result
-
-    def fail(self, step: str, detail: str) -> PermanentStripeError:
-        return PermanentStripeError(
-            f"Stripe {step} for {self.invoice.invoice_id}: {detail}",
-            step=step,
-            invoice_id=self.invoice.invoice_id,
-        )
-
-    def run(self) -> str:
-        existing = self.find_existing()
-        if existing is None:
-            stripe_invoice = self.create_invoice()
-            present: dict[int, int] = {}
-        elif existing.status != "draft":
-            return existing.id  # finalized by an earlier push: nothing left to do
-        else:
-            stripe_invoice = existing
-            present = self.items_already_on(existing.id)
-        for line in self.invoice.billable_lines:
-            if line.line_no in present:
-                if present.pop(line.line_no) != line.amount_minor:
-                    raise self.fail(
-                        f"create item for line {line.line_no}",
-                        f"the draft {stripe_invoice.id} already has line "
-                        f"{line.line_no} with another amount; not adding it again",
-                    )
-                continue
-            self.create_item(stripe_invoice.id, line)
-        if present:
-            raise self.fail(
-                "create items",
-                f"the draft {stripe_invoice.id} has lines {sorted(present)} that this "
-                "invoice does not bill; not finalizing it",
-            )
-        return self.finalize(stripe_invoice.id)
-
-    def find_existing(self) -> Invoice | None:
-        """Our Stripe invoice, found by metadata (works after keys expire)."""
-        step = "look up invoice"
-        ours = self.invoice.invoice_id
-
-        def search() -> list[Invoice]:
-            page = self.client.v1.invoices.list(
-                params={"customer": self.invoice.customer_id, "limit": LIST_PAGE_SIZE}
-            )
-            return [
-                found
-                for found in page.auto_paging_iter()
-                if _metadata(found.metadata).get(METADATA_INVOICE_ID) == ours
-            ]
-
-        matches = self.call(step, search)
-        live = [found for found in matches if found.status != "void"]
-        if len(live) > 1:
-            ids = ", ".join(found.id for found in live)
-            raise self.fail(step, f"several Stripe invoices carry this id ({ids}); not choosing")
-        if not live and matches:
-            ids = ", ".join(found.id for found in matches)
-            raise self.fail(step, f"its Stripe invoice was voided ({ids}); not recreating it")
-        if not live:
-            return None
-        found = live[0]
-        if found.currency != self.invoice.currency:
-            raise self.fail(
-                step,
-                f"Stripe invoice {found.id} is in {found.currency}, ours in "
-                f"{self.invoice.currency}",
-            )
-        return found
-
-    def items_already_on(self, stripe_invoice_id: str) -> dict[int, int]:
-        """``line_no -> amount`` of our items already on the draft ``stripe_invoice_id``."""
-        ours = self.invoice.invoice_id
-
-        def listed() -> dict[int, int]:
-            page = self.client.v1.invoice_items.list(
-                params={"invoice": stripe_invoice_id, "limit": LIST_PAGE_SIZE}
-            )
-            present: dict[int, int] = {}
-            for item in page.auto_paging_iter():
-                metadata = _metadata(item.metadata)
-                line_no = metadata.get(METADATA_LINE_NO, "")
-                if metadata.get(METADATA_INVOICE_ID) == ours and line_no.isdigit():
-                    present[int(line_no)] = present.get(int(line_no), 0) + item.amount
-            return present
-
-        return self.call("list items", listed)
-
-    def create_invoice(self) -> Invoice:
-        invoice = self.invoice
-        return self.call(
-            "create invoice",
-            lambda: self.client.v1.invoices.create(
-                params={
-                    "customer": invoice.customer_id,
-                    "currency": invoice.currency,
-                    "collection_method": "charge_automatically",
-                    "auto_advance": False,
-                    "pending_invoice_items_behavior": "exclude",
-                    "description": invoice.description,
-                    "metadata": {METADATA_INVOICE_ID: invoice.invoice_id},
-                },
-                options={"idempotency_key": invoice_key(invoice.invoice_id)},
-            ),
-        )
-
-    def create_item(self, stripe_invoice_id: str, line: SyncLine) -> None:
-        invoice = self.invoice
-        self.call(
-            f"create item for line {line.line_no}",
-            lambda: self.client.v1.invoice_items.create(
-                params={
-                    "customer": invoice.customer_id,
-                    "invoice": stripe_invoice_id,
-                    "amount": line.amount_minor,
-                    "currency": invoice.currency,
-                    "description": line.description,
-                    "metadata": {
-                        METADATA_INVOICE_ID: invoice.invoice_id,
-                        METADATA_LINE_NO: str(line.line_no),
-                    },
-                },
-                options={"idempotency_key": line_key(invoice.invoice_id, line.line_no)},
-            ),
-        )
-
-    def finalize(self, stripe_invoice_id: str) -> str:
-        finalized = self.call(
-            "finalize invoice",
-            lambda: self.client.v1.invoices.finalize_invoice(
-                stripe_invoice_id,
-                params={"auto_advance": True},
-                options={"idempotency_key": finalize_key(self.invoice.invoice_id)},
-            ),
-        )
-        return finalized.id
-
-
-def _metadata(metadata: Any) -> Mapping[str, str]:
-    """A Stripe object's ``metadata`` as a plain mapping (the SDK's objects are no dicts)."""
-    if metadata is None:
-        return {}
-    if isinstance(metadata, Mapping):
-        return metadata
-    as_dict: dict[str, str] = metadata.to_dict()
-    return as_dict
+__all__ = [
+    "METADATA_INVOICE_ID",
+    "METADATA_LINE_NO",
+    "PermanentStripeError",
+    "StripeInvoiceSync",
+    "StripeSyncError",
+    "SyncInvoice",
+    "SyncLine",
+    "TransientStripeError",
+    "finalize_key",
+    "invoice_key",
+    "line_key",
+    "pending_line_key",
+]

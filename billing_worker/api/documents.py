@@ -35,6 +35,7 @@ def draft_document(draft: InvoiceDraft) -> dict[str, Any]:
                 "price": line.price,
                 "amount": format_decimal(line.amount),
                 "refers_to_start": line.refers_to.start.isoformat() if line.refers_to else None,
+                "billed_by": line.billed_by,
             }
             for n, line in enumerate(draft.lines, start=1)
         ],
@@ -42,4 +43,6 @@ def draft_document(draft: InvoiceDraft) -> dict[str, Any]:
         "credits_applied": format_decimal(draft.credits_applied),
         "credits_shortfall": format_decimal(draft.credits_shortfall),
         "total": format_decimal(draft.total),
+        "billed_by_worker": format_decimal(draft.billed_by_worker),
+        "billed_by_subscription": format_decimal(draft.billed_by_subscription),
     }

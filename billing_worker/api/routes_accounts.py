@@ -1,4 +1,5 @@
-"""``/v1/accounts/{account}``: the account, its usage, credits, ledger and invoices."""
+"""``/v1/accounts/{account}``: the account, its usage, credits, ledger, payments and
+invoices."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from billing_worker.adapters.postgres.api_reads import (
     encode_cursor,
     invoice_page,
     ledger_page,
+    payment_page,
     usage_buckets,
     usage_periods,
 )
@@ -241,6 +243,31 @@ async def get_invoices(
         ],
         "next_cursor": encode_cursor(following.isoformat()) if following else None,
     }  # fmt: skip
+
+
+@router.get("/payments", summary="Payments and refunds Stripe reported, newest first")
+async def get_payments(
+    account: AccountId, who: AccountReader, ctx: Context, cursor: Cursor = None, limit: Limit = 50
+) -> dict[str, Any]:
+    """The payment ledger: each payment (+) or refund (-) with its Stripe object and
+    details (what it paid for, its payment intent, credits a refund took back);
+    ``next_cursor`` for the next page."""
+    before = None
+    if cursor:
+        try:
+            before = decode_cursor(cursor)
+        except BadCursor as exc:
+            raise Problem(422, str(exc)) from exc
+        if type(before) is not int or before < 1:
+            raise Problem(422, "cursor is not one this API handed out")
+    await _known(ctx, account)
+    async with ctx.engine.connect() as conn:
+        payments, following = await payment_page(conn, account, before=before, limit=limit)
+    return {
+        "account": account,
+        "payments": payments,
+        "next_cursor": encode_cursor(following) if following else None,
+    }
 
 
 @router.get("/invoices/upcoming", summary="The open period's invoice as it would close now")

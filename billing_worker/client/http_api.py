@@ -113,6 +113,18 @@ class BillingApi:
             if cursor is None:
                 return
 
+    async def payments(self, account: str, *, page: int = 50) -> AsyncIterator[dict[str, Any]]:
+        """Every payment and refund of the account, newest first, a page at a time."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page, **({"cursor": cursor} if cursor else {})}
+            body = await self._call("GET", f"/v1/accounts/{account}/payments", params=params)
+            for payment in body["payments"]:
+                yield payment
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return
+
     async def invoice(self, invoice_id: str) -> dict[str, Any]:
         """One invoice, as ``invoice show --json``."""
         result: dict[str, Any] = await self._call("GET", f"/v1/invoices/{invoice_id}")

@@ -16,6 +16,10 @@ USAGE = "usage"
 CREDITS = "credits"
 ADJUSTMENT = "adjustment"
 LINE_KINDS = (PLAN_FEE, USAGE, CREDITS, ADJUSTMENT)
+BILLED_BY_WORKER = "worker"
+"""The worker charges the line: the invoice sync pushes it to Stripe."""
+BILLED_BY_SUBSCRIPTION = "stripe_subscription"
+"""A Stripe subscription charges it (a plan fee on a licensed price): shown, not pushed."""
 MONTHS_PER_YEAR = 12
 """An annual plan's fee is spread over this many monthly periods."""
 
@@ -34,11 +38,16 @@ NO_CREDITS = CreditUse()
 
 @dataclass(frozen=True, slots=True)
 class PlanSpan:
-    """The plan in force over ``[start, end)`` within the period (timezone-aware)."""
+    """The plan in force over ``[start, end)`` within the period (timezone-aware), and who
+    bills its fee."""
 
     plan: str
     start: datetime
     end: datetime
+    billed_by: str = BILLED_BY_WORKER
+    """``worker`` or ``stripe_subscription`` (a licensed Stripe price Stripe invoices)."""
+    subscription: str | None = None
+    """The Stripe subscription billing the fee, when one does."""
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
@@ -96,6 +105,9 @@ class InvoiceLine:
     """Adjustments: the closed period they correct."""
     unrounded: Decimal = ZERO
     """The exact amount before the one rounding."""
+    billed_by: str = BILLED_BY_WORKER
+    """Who charges the amount: the worker, or the Stripe subscription of a plan fee."""
+    stripe_subscription_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,35 @@ class InvoiceDraft:
     total: Decimal
     """``== subtotal`` (no taxes or discounts yet). Non-negative unless an adjustment is
     negative; a negative total is owed to the account (see the module docstring)."""
+
+    @property
+    def billed_by_subscription(self) -> Decimal:
+        """The part of the total a Stripe subscription charges itself (plan fees)."""
+        return billed_by_subscription(self.lines, self.total)
+
+    @property
+    def billed_by_worker(self) -> Decimal:
+        """The part of the total the worker charges (what the invoice sync pushes)."""
+        return self.total - self.billed_by_subscription
+
+
+def billed_by_subscription(lines: tuple[InvoiceLine, ...], total: Decimal) -> Decimal:
+    """Sum of the lines a Stripe subscription bills, in the total's precision."""
+    return sum(
+        (line.amount for line in lines if line.billed_by == BILLED_BY_SUBSCRIPTION),
+        total - total,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChangeEntry:
+    """A ``plan_changed`` entry of the account ledger, as invoices read it."""
+
+    effective_at: datetime
+    plan: str
+    previous_plan: str | None
+    billed_by: str = BILLED_BY_WORKER
+    subscription: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +199,14 @@ class StoredInvoice:
     stripe_invoice_id: str | None
     stripe_sync_error: str | None
     stripe_sync_attempts: int
+    stripe_sync_target: str | None = None
+    """``invoice`` (a Stripe invoice of its own) or ``subscription`` (pending items on
+    ``stripe_subscription_id``); None until pushed."""
+    stripe_subscription_id: str | None = None
+    tax: Decimal | None = None
+    """The tax Stripe computed on the invoice billing ours (Stripe Tax), once finalized."""
+    stripe_total: Decimal | None = None
+    """The total of that Stripe invoice (for a subscription's, its own fee included)."""
 
 
 def check_quantity(quantity: Decimal, what: str) -> None:

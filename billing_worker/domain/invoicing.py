@@ -73,9 +73,7 @@ from decimal import (
 from billing_worker.domain.invoice_model import (
     ADJUSTMENT,
     CREDITS,
-    MONTHS_PER_YEAR,
     NO_CREDITS,
-    PLAN_FEE,
     USAGE,
     CreditUse,
     InvoiceDraft,
@@ -85,8 +83,6 @@ from billing_worker.domain.invoice_model import (
     check_quantity,
 )
 from billing_worker.domain.invoice_words import (
-    days_text,
-    moment_text,
     money_text,
     price_text,
     quantity_text,
@@ -94,12 +90,12 @@ from billing_worker.domain.invoice_words import (
     usage_text,
 )
 from billing_worker.domain.periods import BillingPeriod
+from billing_worker.domain.plan_fee import plan_fee_line
 from billing_worker.domain.pricebook import (
     AGGREGATIONS_THAT_ADD,
     EXACT,
     ZERO,
     DimensionValue,
-    Interval,
     Meter,
     MeterPrice,
     PriceBook,
@@ -107,10 +103,7 @@ from billing_worker.domain.pricebook import (
 )
 from billing_worker.domain.proration import (
     check_spans,
-    micros,
-    prorate,
     prorated_allowance,
-    quotient,
 )
 from billing_worker.domain.rating import (
     TierCharge,
@@ -179,7 +172,7 @@ def build_invoice(
     for line in adjustments:
         _check_adjustment(line, period, currency)
 
-    lines = [_plan_fee_line(book, span, basis, cycle_months, currency) for span in spans]
+    lines = [plan_fee_line(book, span, basis, cycle_months, currency) for span in spans]
     for name in sorted(by_meter):
         meter_usage = by_meter[name]
         if meter_usage.entries == 0 and meter_usage.quantity == 0:
@@ -270,41 +263,6 @@ def _check_adjustment(line: InvoiceLine, period: BillingPeriod, currency: str) -
         raise ValueError(
             f"adjustment amount {line.amount} is not rounded to the {currency} minor unit"
         )
-
-
-def _plan_fee_line(
-    book: PriceBook, span: PlanSpan, period: BillingPeriod, months: int, currency: str
-) -> InvoiceLine:
-    """``period`` is the whole cycle (``months`` long) the span is prorated against."""
-    plan = book.plan(span.plan)
-    span_us, period_us = micros(span.start, span.end), micros(period.start, period.end)
-    yearly = plan.interval is Interval.YEAR
-    with localcontext(EXACT):
-        numerator = plan.price * span_us * months
-    exact = quotient(numerator, period_us * (MONTHS_PER_YEAR if yearly else 1))
-    dates = f"{moment_text(span.start)} to {moment_text(span.end)}"
-    description = f"{span.plan} plan, {dates}"
-    if span_us != period_us:
-        description += f" ({days_text(span_us)}/{days_text(period_us)} days)"
-    if yearly and months != MONTHS_PER_YEAR:
-        description += f", {months}/{MONTHS_PER_YEAR} of the yearly fee"
-        every = "monthly" if months == 1 else f"every {months} months"
-        price = f"{money_text(plan.price, currency)} per year, billed {every}"
-    elif yearly:
-        price = f"{money_text(plan.price, currency)} per year"
-    elif months != 1:
-        description += f", {months} months"
-        price = f"{money_text(plan.price, currency)} per month, billed every {months} months"
-    else:
-        price = f"{money_text(plan.price, currency)} per month"
-    return InvoiceLine(
-        kind=PLAN_FEE,
-        description=description,
-        amount=round_money(exact, currency),
-        quantity=prorate(span, period),
-        price=price,
-        unrounded=exact,
-    )
 
 
 def _usage_lines(

@@ -13,6 +13,14 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from types import MappingProxyType
 
 from billing_worker.domain.errors import PermanentError, UnknownEventType
+from billing_worker.domain.pricebook_terms import (
+    DEFAULT_GRANT_PRIORITY,
+    CreditProduct,
+    CreditSource,
+    RefundPolicy,
+    StripePrice,
+    UsageBilling,
+)
 
 Scalar = str | int | float | bool | None
 
@@ -303,42 +311,6 @@ class Plan:
         return self.meters.get(meter)
 
 
-class CreditSource(enum.StrEnum):
-    """Where a credit grant came from."""
-
-    PLAN = "plan"
-    PURCHASE = "purchase"
-    PROMOTIONAL = "promotional"
-
-
-DEFAULT_GRANT_PRIORITY = {
-    CreditSource.PROMOTIONAL: 5,
-    CreditSource.PLAN: 10,
-    CreditSource.PURCHASE: 20,
-}
-"""Lower burns first: promotional credits, then the plan's, purchased ones last."""
-
-
-@dataclass(frozen=True, slots=True)
-class CreditProduct:
-    """A purchasable pack of credits."""
-
-    name: str
-    credits: Decimal
-    price: Decimal
-    currency: str
-    priority: int = DEFAULT_GRANT_PRIORITY[CreditSource.PURCHASE]
-
-
-@dataclass(frozen=True, slots=True)
-class StripePrice:
-    """What a Stripe price id buys: a plan or a credit pack (exactly one is set)."""
-
-    price_id: str
-    plan: str | None = None
-    credit_product: str | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class MeterFeed:
     """One meter an event feeds, with the value it adds."""
@@ -364,6 +336,10 @@ class PriceBook:
     credit_shortfall_price: Decimal | None = None
     """Money per credit that usage cost beyond every grant (``[credits] shortfall_price``);
     None: a shortfall is shown on the invoice, not charged."""
+    credit_refund_policy: RefundPolicy = RefundPolicy.CLAW_BACK
+    usage_billing: UsageBilling = UsageBilling.SUBSCRIPTION
+    stripe_automatic_tax: bool = False
+    """Turn on Stripe Tax on the invoices the sync creates (``[stripe] automatic_tax``)."""
     digest: str = ""
     """SHA-256 of the source text, so one version can't silently mean two price books."""
     source: str = field(default="", repr=False)
@@ -425,3 +401,14 @@ class PriceBook:
         """(plan, meter) -> the usage at which the plan's lowest threshold is reached, for
         every limited meter: below it no threshold can have been crossed."""
         return self._alert_levels
+
+
+# Their home is pricebook_terms; importable from here as before.
+__all__ = [
+    "DEFAULT_GRANT_PRIORITY",
+    "CreditProduct",
+    "CreditSource",
+    "RefundPolicy",
+    "StripePrice",
+    "UsageBilling",
+]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
 from billing_worker.domain.errors import PermanentError
@@ -127,6 +127,57 @@ def invoice_subscription_account(invoice: Mapping[str, Any]) -> str | None:
     return metadata_account(details) if isinstance(details, dict) else None
 
 
+def invoice_payment_intent(invoice: Mapping[str, Any]) -> str | None:
+    """The payment intent that paid an invoice: top-level ``payment_intent`` before API
+    version 2025-03-31, then on the invoice's ``payments`` list (``payments.data[]
+    .payment.payment_intent``: the paid one, else the default one, else the first)."""
+    found = text(invoice, "payment_intent")
+    if found is not None:
+        return found
+    payments = invoice.get("payments")
+    data = payments.get("data") if isinstance(payments, dict) else None
+    if not isinstance(data, list):
+        return None
+    ranked = sorted(
+        (
+            (entry.get("status") != "paid", entry.get("is_default") is not True, index, intent)
+            for index, entry in enumerate(data)
+            if isinstance(entry, dict)
+            and isinstance(entry.get("payment"), dict)
+            and (intent := text(entry["payment"], "payment_intent")) is not None
+        ),
+    )
+    return ranked[0][3] if ranked else None
+
+
+@dataclass(frozen=True, slots=True)
+class IntentPayment:
+    """A payment the ledger holds for a Stripe payment intent: whose it is, which object
+    it paid (a Checkout session, an invoice), and its ledger details."""
+
+    account: str
+    object_id: str
+    details: Mapping[str, Any]
+
+
+SHARE_PLACES = Decimal("0.000001")
+"""Credits a partial refund takes back are rounded to this (half even); a full refund
+takes back exactly the pack."""
+
+
+def refunded_share(whole: Decimal, amount: Decimal, refunded: Decimal) -> Decimal:
+    """The part of ``whole`` that ``refunded`` of a payment of ``amount`` stands for (never
+    more than ``whole``; nothing of a payment of nothing)."""
+    if amount <= 0 or refunded <= 0:
+        return Decimal(0)
+    if refunded >= amount:
+        return whole
+    with localcontext() as ctx:
+        ctx.prec = 60
+        share = (whole * refunded / amount).quantize(SHARE_PLACES, rounding=ROUND_HALF_EVEN)
+    return share.quantize(Decimal(1)) if share == share.to_integral_value() else share
+
+
 def metadata_text(obj: Mapping[str, Any], key: str) -> str | None:
     """A string from ``metadata``."""
     metadata = obj.get("metadata")
@@ -153,30 +204,33 @@ class SubscriptionTerms:
     cancel_at_period_end: bool
     trial_end: datetime | None
     billing_cycle_anchor: datetime | None = None
+    started_at: datetime | None = None
+    """``start_date``: when the subscription began (backdated ones earlier than created)."""
+    ended_at: datetime | None = None
+    """``ended_at``, else, once it has ended, ``canceled_at``; None while it runs (a
+    subscription set to cancel at its period end has ``canceled_at`` but has not ended)."""
 
 
-def subscription_terms(obj: Mapping[str, Any]) -> SubscriptionTerms:
-    """Read a ``subscription`` object (current period top-level on older API versions,
-    on the first item on newer ones)."""
+def subscription_terms(obj: Mapping[str, Any], book: PriceBook) -> SubscriptionTerms:
+    """Read a ``subscription`` object: its plan item (see ``plan_item``), and the current
+    period, top-level on older API versions, else the plan item's own."""
     subscription_id = text(obj, "id")
     status = text(obj, "status")
     if subscription_id is None or status is None:
         raise InvalidStripeEvent("the subscription has no `id` or `status`")
-    items = obj.get("items")
-    first: Mapping[str, Any] = {}
-    if isinstance(items, dict) and isinstance(items.get("data"), list) and items["data"]:
-        candidate = items["data"][0]
-        first = candidate if isinstance(candidate, dict) else {}
-    price = first.get("price")
-    price_id = text(price, "id") if isinstance(price, dict) else None
+    item = plan_item(obj, book)
+    price_id = item_price(item)
     if price_id is None:
         plan_obj = obj.get("plan")  # the pre-2018 shape
         price_id = text(plan_obj, "id") if isinstance(plan_obj, dict) else None
-    start = timestamp(obj, "current_period_start") or timestamp(first, "current_period_start")
-    end = timestamp(obj, "current_period_end") or timestamp(first, "current_period_end")
+    start = timestamp(obj, "current_period_start") or timestamp(item, "current_period_start")
+    end = timestamp(obj, "current_period_end") or timestamp(item, "current_period_end")
     period = (
         BillingPeriod(start, end) if start is not None and end is not None and start < end else None
     )
+    ended_at = timestamp(obj, "ended_at")
+    if ended_at is None and status in ENDED_STATUSES:
+        ended_at = timestamp(obj, "canceled_at")
     return SubscriptionTerms(
         subscription_id=subscription_id,
         customer=text(obj, "customer"),
@@ -186,7 +240,45 @@ def subscription_terms(obj: Mapping[str, Any]) -> SubscriptionTerms:
         cancel_at_period_end=bool(obj.get("cancel_at_period_end", False)),
         trial_end=timestamp(obj, "trial_end"),
         billing_cycle_anchor=timestamp(obj, "billing_cycle_anchor"),
+        started_at=timestamp(obj, "start_date"),
+        ended_at=ended_at,
     )
+
+
+def subscription_items(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The subscription's items (``items.data``), in Stripe's order."""
+    items = obj.get("items")
+    data = items.get("data") if isinstance(items, dict) else None
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+
+def item_price(item: Mapping[str, Any]) -> str | None:
+    """The price id of a subscription item (its ``price``, else its legacy ``plan``)."""
+    return text(item, "price") or text(item, "plan")
+
+
+def plan_item(obj: Mapping[str, Any], book: PriceBook) -> Mapping[str, Any]:
+    """The item that sets the account's plan: the one whose price the price book maps to
+    a plan. A subscription also carries items the book does not map to a plan (a metered
+    add-on, a seat price) in any order; those are billed by Stripe and leave the plan alone.
+
+    When several items map to plans (a plan change Stripe made as a second item rather
+    than a price swap), the one of the plan with the highest fee wins, then the plan name,
+    then item order: the customer is paying for every one of them, so the account gets the
+    best plan it pays for, and the choice does not depend on the order Stripe lists them.
+    With no item mapped, the first item is the plan item (its price is refused by
+    ``plan_for`` while the subscription is live, as ``unknown_price``).
+    """
+    items = subscription_items(obj)
+    mapped = []
+    for index, item in enumerate(items):
+        stripe_price = book.stripe_prices.get(item_price(item) or "")
+        if stripe_price is not None and stripe_price.plan is not None:
+            plan = book.plan(stripe_price.plan)
+            mapped.append((-plan.price, stripe_price.plan, index, item))
+    if mapped:
+        return min(mapped, key=lambda m: m[:3])[3]
+    return items[0] if items else {}
 
 
 def plan_for(book: PriceBook, terms: SubscriptionTerms, *, current_plan: str | None) -> str:

@@ -28,11 +28,14 @@ def add_account_commands(commands: Any) -> None:
     account = commands.add_parser("account", help="look at or change an account")
     account_commands = account.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = account_commands.add_parser(
-        "show", help="plan, period usage against limits, credit grants, recent ledger entries"
+        "show",
+        help="plan, period usage against limits, credit grants, recent ledger entries, payments",
     )
     show.add_argument("account")
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.add_argument("--entries", type=int, default=15, help="recent ledger entries to list")
+    show.add_argument(
+        "--entries", type=int, default=15, help="recent ledger entries (and payments) to list"
+    )
     set_plan = account_commands.add_parser(
         "set-plan", help="move an account to a plan from now on (new limits for the period)"
     )
@@ -142,7 +145,30 @@ async def show_account(
         ]
         or [["(none)", "", "", "", ""]],
     )
+    _payments_table(out, report["payments"])
     return 0
+
+
+def _payments_table(out: TextIO, payments: list[dict[str, Any]]) -> None:
+    from billing_worker.adapters.postgres.account_view import details_text  # noqa: PLC0415
+
+    out.write("\npayments and refunds (Stripe):\n")
+    table(
+        out,
+        ["effective", "kind", "amount", "currency", "stripe object", "details"],
+        [
+            [
+                datetime.fromisoformat(p["effective_at"]).strftime("%Y-%m-%d %H:%M:%S"),
+                p["kind"],
+                p["amount"],
+                p["currency"],
+                p["stripe_object_id"],
+                details_text(p["details"]),
+            ]
+            for p in payments
+        ]
+        or [["(none)", "", "", "", "", ""]],
+    )
 
 
 async def _set_plan(

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from billing_worker.entrypoints.pricebook_commands import (
         add_pricebook_commands,
     )
+    from billing_worker.entrypoints.reconcile_commands import add_reconcile_commands
     from billing_worker.entrypoints.recovery_commands import (
         add_recovery_commands,
     )
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_invoicing_commands(commands)
     add_demo_command(commands)
     add_recovery_commands(commands)
+    add_reconcile_commands(commands)
     add_api_key_commands(commands)
     commands.add_parser(
         "api",
@@ -120,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(exc.detail, 1)
 
 
-def dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR0911 - one per command
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR0911, PLR0912 - one per command
     """Run the command ``args`` names; return its exit status."""
     command = args.command
     if command == "run":
@@ -165,6 +167,10 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR0
         from billing_worker.entrypoints.api_key_commands import run_api_key_command
 
         return event_loop_run(run_api_key_command(args, settings))
+    if command == "reconcile":
+        from billing_worker.entrypoints.reconcile_commands import run_reconcile_command
+
+        return event_loop_run(run_reconcile_command(args, settings))
     if command in ("close-periods", "invoice", "report"):
         from billing_worker.entrypoints.invoicing_commands import run_invoicing_command
 

@@ -1,6 +1,7 @@
 """The worker's periodic jobs beside the consumers: expire credits, close due periods, push
-closed invoices to Stripe. Each round is one use case; a failed round is logged and tried
-again at the next one (replicas may all run them: each effect is claimed in the database)."""
+closed invoices to Stripe, read the last Stripe reconcile run into its gauges. Each round
+is one use case; a failed round is logged and tried again at the next one (replicas may all
+run them: each effect is claimed in the database)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_worker.adapters.observability.metrics import Metrics
+from billing_worker.adapters.postgres.reconcile_store import open_differences
 from billing_worker.adapters.postgres.rejections import PostgresRejections
 from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.config import Settings
@@ -20,12 +23,14 @@ from billing_worker.domain.pricebook import PriceBook
 from billing_worker.service.accounts import expire_credits
 from billing_worker.service.invoice_sync import sync_invoices
 from billing_worker.service.invoices import close_due_periods
+from billing_worker.service.reconcile_kinds import KINDS
 
 log = structlog.get_logger(__name__)
 
 STRIPE_SYNC_INTERVAL_SECONDS = 30.0
 CREDIT_EXPIRY_INTERVAL_SECONDS = 60.0
 REJECTION_PRUNE_INTERVAL_SECONDS = 3600.0
+RECONCILE_GAUGE_INTERVAL_SECONDS = 60.0
 
 
 class Housekeeping:
@@ -38,8 +43,10 @@ class Housekeeping:
         engine: AsyncEngine,
         *,
         on_outbox_written: Callable[[], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.book = book
         self._engine = engine
         self._on_outbox_written = on_outbox_written
@@ -54,6 +61,8 @@ class Housekeeping:
         }
         if self.settings.stripe_api_key is not None:
             jobs["stripe-sync"] = self._sync_invoices_forever
+        if self.metrics is not None:
+            jobs["stripe-reconcile-gauges"] = self._refresh_reconcile_gauges_forever
         self._tasks = [asyncio.create_task(job(), name=name) for name, job in jobs.items()]
 
     async def stop(self) -> None:
@@ -92,6 +101,25 @@ class Housekeeping:
                 log.warning("rejection_prune_failed", error=repr(exc))
             await asyncio.sleep(REJECTION_PRUNE_INTERVAL_SECONDS)
 
+    async def _refresh_reconcile_gauges_forever(self) -> None:
+        """The reconcile command runs on its own; the gauges read what it left."""
+        while True:
+            try:
+                await self.refresh_reconcile_gauges()
+            except Exception as exc:  # noqa: BLE001 - read again at the next round
+                log.warning("reconcile_gauge_refresh_failed", error=repr(exc))
+            await asyncio.sleep(RECONCILE_GAUGE_INTERVAL_SECONDS)
+
+    async def refresh_reconcile_gauges(self) -> None:
+        """Set ``billing_stripe_reconcile_*`` from the findings table (every kind, 0 when
+        none is open, so alerts see the series before the first difference)."""
+        if self.metrics is None:
+            return
+        counts, last_run = await open_differences(self._engine)
+        for kind in sorted(set(KINDS) | set(counts)):
+            self.metrics.stripe_reconcile_differences.labels(kind=kind).set(counts.get(kind, 0))
+        self.metrics.stripe_reconcile_last_run.set(last_run.timestamp() if last_run else 0)
+
     async def _close_periods_forever(self) -> None:
         """Close due periods every BILLING_CLOSE_INTERVAL_SECONDS."""
         grace = timedelta(seconds=self.settings.close_grace_seconds)
@@ -120,7 +148,12 @@ class Housekeeping:
         pusher = StripeInvoiceSync(key.get_secret_value(), api_base=self.settings.stripe_api_base)
         while True:
             try:
-                done = await sync_invoices(self._unit_of_work, pusher)
+                done = await sync_invoices(
+                    self._unit_of_work,
+                    pusher,
+                    usage_billing=self.book.usage_billing,
+                    automatic_tax=self.book.stripe_automatic_tax,
+                )
                 if done.pushed or done.failed:
                     log.info("stripe_invoices_synced", pushed=done.pushed, failed=done.failed)
             except Exception as exc:  # noqa: BLE001 - retried at the next round

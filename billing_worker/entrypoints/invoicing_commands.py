@@ -146,11 +146,18 @@ async def show_invoice(
         f"{invoice['period']['start'][:10]} .. {invoice['period']['end'][:10]}, "
         f"plan {invoice['plan']}, {invoice['status']}, price book {invoice['pricebook_version']}\n"
     )
-    if invoice["stripe_invoice_id"] or invoice["stripe_sync_error"]:
+    if (
+        invoice["stripe_invoice_id"]
+        or invoice["stripe_sync_error"]
+        or invoice["stripe_sync_target"]
+    ):
         error = invoice["stripe_sync_error"]
+        onto = invoice["stripe_subscription_id"]
         out.write(
             f"stripe: {invoice['stripe_invoice_id'] or '-'}"
+            + (f" (pending items on subscription {onto})" if onto else "")
             + (f" (sync error: {error})" if error else "")
+            + (f", tax {invoice['tax']}" if invoice["tax"] is not None else "")
             + "\n"
         )
     out.write("\n")
@@ -164,6 +171,11 @@ async def show_invoice(
         credit_words += f"; not covered by a grant: {invoice['credits_shortfall']}"
     rows.append(["", "", credit_words, "", ""])
     rows.append(["", "", f"TOTAL ({invoice['currency']})", "", invoice["total"]])
+    if invoice["billed_by_subscription"] != "0":
+        rows.append(
+            ["", "", "  billed by Stripe subscription", "", invoice["billed_by_subscription"]]
+        )
+        rows.append(["", "", "  billed by the worker", "", invoice["billed_by_worker"]])
     table(out, ["#", "kind", "description", "price", "amount"], rows)
     if explain:
         for line in lines:
@@ -228,7 +240,18 @@ def _print_report(report: dict[str, Any], *, as_json: bool, out: TextIO) -> None
         [[r["status"], r["currency"], r["invoices"], r["amount"]] for r in report["by_status"]]
         or [["(none)", "", "", ""]],
     )
+    out.write("\n")
+    table(
+        out,
+        ["billed by", "currency", "amount"],
+        [[_biller(r["billed_by"]), r["currency"], r["amount"]] for r in report["billed_by"]]
+        or [["(none)", "", ""]],
+    )
     credit = report["credits"]
     out.write(
         f"\ncredits: {credit['applied']} applied, {credit['shortfall']} not covered by a grant\n"
     )
+
+
+def _biller(billed_by: str) -> str:
+    return "Stripe subscription" if billed_by == "stripe_subscription" else "the worker"

@@ -155,7 +155,9 @@ class Worker:
         for consumer in self._components.consumers:
             await consumer.start()
         await self._components.quota_check.start()
-        self._housekeeping = Housekeeping(s, self.book, self._engine, on_outbox_written=self._wake)
+        self._housekeeping = Housekeeping(
+            s, self.book, self._engine, on_outbox_written=self._wake, metrics=self.metrics
+        )
         self._housekeeping.start()
         await self._check_dependencies()
         self._probe = asyncio.create_task(self._probe_forever(), name="dependency-probe")

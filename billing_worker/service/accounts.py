@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from billing_worker.domain.errors import PermanentError
+from billing_worker.domain.invoice_model import BILLED_BY_WORKER
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import DEFAULT_GRANT_PRIORITY, CreditSource, PriceBook
 from billing_worker.domain.quotas import PeriodUsage, crossed_thresholds
@@ -80,8 +81,13 @@ async def apply_plan_change(
     change_id: str,
     now: datetime,
     period: BillingPeriod | None = None,
+    effective_at: datetime | None = None,
+    billed_by: str = BILLED_BY_WORKER,
+    subscription: str | None = None,
 ) -> PlanChange:
-    """Move ``account`` to ``plan`` (and ``status``) from ``now`` on, inside ``uow``.
+    """Move ``account`` to ``plan`` (and ``status``) from ``effective_at`` (default
+    ``now``) on, inside ``uow``; its fee billed by ``billed_by`` (the worker, or the Stripe
+    ``subscription`` that charges it itself).
 
     - the account ledger gets a ``plan_changed`` entry, the outbox ``subscription.changed``
       (naming ``period``, the subscription's current period when known);
@@ -93,6 +99,8 @@ async def apply_plan_change(
 
     ``change_id`` names the change (a Stripe event id, an operator request id): applying
     the same change twice announces it once. An unknown account is created on ``plan``.
+    A change of who bills the fee alone is a change too: the invoice's plan-fee lines
+    follow it, so a fee is never charged by both the worker and Stripe.
     """
     if plan not in book.plans:
         raise UnknownPlan(
@@ -103,16 +111,22 @@ async def apply_plan_change(
     # grant can't interleave with the change that ends it.
     previous_plan: str | None = None
     previous_status: str | None = None
-    if not await uow.accounts.create(account, plan, now):
+    previous_billing: tuple[str, str | None] = (BILLED_BY_WORKER, None)
+    effective = effective_at or now
+    if not await uow.accounts.create(account, plan, min(now, effective)):
         before = await uow.accounts.get(account, lock=True)
         if before is None:  # pragma: no cover - accounts are never deleted
             raise UnknownAccount(f"account {account!r} vanished")
         previous_plan, previous_status = before.plan, before.status
+        previous_billing = (before.plan_billed_by, before.plan_subscription)
     usage_period = (await uow.accounts.period_calendar(account)).period_of(now)
-    changed = (previous_plan, previous_status) != (plan, status)
+    billing = (billed_by, subscription if billed_by != BILLED_BY_WORKER else None)
+    changed = (previous_plan, previous_status, previous_billing) != (plan, status, billing)
     quota_events = 0
     if changed:
-        await uow.accounts.set_plan(account, plan, status, now)
+        await uow.accounts.set_plan(
+            account, plan, status, effective, billed_by=billing[0], subscription=billing[1]
+        )
         await uow.accounts.append_entry(
             account,
             "plan_changed",
@@ -123,9 +137,12 @@ async def apply_plan_change(
                 "previous_status": previous_status,
                 "cause": cause,
                 "change_id": change_id,
+                "billed_by": billing[0],
+                "subscription": billing[1],
             },
             book.version,
             now,
+            effective_at=effective,
         )
         await uow.outbox.add(
             [

@@ -180,6 +180,7 @@ def invoice_ready(invoice_id: str, draft: InvoiceDraft, *, at: datetime) -> Outg
             billable=line.billable,
             amount=line.amount,
             refers_to_period_start=line.refers_to.start if line.refers_to else None,
+            billed_by=line.billed_by,  # type: ignore[arg-type]
         )
         for n, line in enumerate(draft.lines, start=1)
     ]
@@ -193,6 +194,8 @@ def invoice_ready(invoice_id: str, draft: InvoiceDraft, *, at: datetime) -> Outg
         credits_applied=draft.credits_applied,
         credits_shortfall=draft.credits_shortfall,
         total=draft.total,
+        billed_by_worker=draft.billed_by_worker,
+        billed_by_subscription=draft.billed_by_subscription,
         currency=draft.currency,
         pricebook_version=draft.pricebook_version,
     )

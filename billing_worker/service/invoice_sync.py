@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from billing_worker.domain.pricebook import UsageBilling
 from billing_worker.domain.rating import minor_unit_places
 from billing_worker.service.ports import UnitOfWorkFactory
 
@@ -24,8 +25,9 @@ log = structlog.get_logger(__name__)
 class Pusher(Protocol):
     """What pushes one invoice to Stripe (``StripeInvoiceSync``)."""
 
-    async def push(self, invoice: Any) -> str:
-        """Create, fill and finalize the Stripe invoice; return its id."""
+    async def push(self, invoice: Any) -> str | None:
+        """Create, fill and finalize the Stripe invoice and return its id; or, for an
+        invoice naming a subscription, add its lines as pending items there (None)."""
         ...
 
 
@@ -47,9 +49,21 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
 
 
 async def sync_invoices(
-    uow_factory: UnitOfWorkFactory, sync: Pusher, *, limit: int = 20
+    uow_factory: UnitOfWorkFactory,
+    sync: Pusher,
+    *,
+    limit: int = 20,
+    usage_billing: UsageBilling = UsageBilling.SUBSCRIPTION,
+    automatic_tax: bool = False,
 ) -> SyncRound:
-    """Push up to ``limit`` unsynced invoices; one transaction per invoice."""
+    """Push up to ``limit`` unsynced invoices; one transaction per invoice.
+
+    Only the lines the worker bills are pushed: a plan fee a Stripe subscription charges
+    stays on our invoice, marked so, and is not sent. Where that subscription is still
+    live and ``usage_billing`` is ``subscription``, the lines go onto it as pending
+    invoice items (its next invoice charges them, with its own fee, once); otherwise
+    they make a Stripe invoice of their own.
+    """
     from billing_worker.adapters.stripe_api import (  # noqa: PLC0415 - only with a key
         PermanentStripeError,
         SyncInvoice,
@@ -63,18 +77,22 @@ async def sync_invoices(
             batch = await uow.invoices.to_sync(1)
             if not batch:
                 break
-            invoice_id, customer, currency, period = batch[0]
+            found = batch[0]
+            invoice_id, currency = found.invoice_id, found.currency
             lines = await uow.invoices.sync_lines(invoice_id)
+            onto = found.subscription if usage_billing is UsageBilling.SUBSCRIPTION else None
             request = SyncInvoice(
                 invoice_id=invoice_id,
-                customer_id=customer,
+                customer_id=found.customer,
                 currency=currency,
                 lines=tuple(
                     SyncLine(line_no=n, description=d, amount_minor=to_minor_units(a, currency))
                     for n, d, a in lines
                 ),
-                period_start=period.start,
-                period_end=period.end,
+                period_start=found.period.start,
+                period_end=found.period.end,
+                subscription_id=onto,
+                automatic_tax=automatic_tax,
             )
             try:
                 stripe_id = await sync.push(request)
@@ -90,7 +108,10 @@ async def sync_invoices(
                 await uow.commit()
                 failed += 1
                 continue
-            await uow.invoices.record_sync(invoice_id, stripe_id)
+            if stripe_id is None and onto is not None:
+                await uow.invoices.record_pending_sync(invoice_id, onto)
+            elif stripe_id is not None:
+                await uow.invoices.record_sync(invoice_id, stripe_id)
             await uow.commit()
             pushed += 1
     return SyncRound(pushed, retry, failed)

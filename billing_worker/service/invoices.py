@@ -15,7 +15,12 @@ from datetime import UTC, datetime, timedelta
 
 from billing_worker.domain.errors import PermanentError
 from billing_worker.domain.invoice_adjustments import adjustment_line
-from billing_worker.domain.invoice_model import InvoiceDraft, InvoiceLine, PlanSpan
+from billing_worker.domain.invoice_model import (
+    BILLED_BY_WORKER,
+    InvoiceDraft,
+    InvoiceLine,
+    PlanSpan,
+)
 from billing_worker.domain.invoicing import build_invoice
 from billing_worker.domain.periods import BillingPeriod, calendar_month_of
 from billing_worker.domain.pricebook import PriceBook
@@ -182,21 +187,25 @@ async def _plan_spans(
 ) -> list[PlanSpan]:
     """The plans in force over the period, from the account ledger's plan changes."""
     changes = await uow.invoices.plan_changes(account, period)
-    before = [c for c in changes if c[0] <= period.start]
-    during = [c for c in changes if c[0] > period.start]
+    before = [c for c in changes if c.effective_at <= period.start]
+    during = [c for c in changes if c.effective_at > period.start]
     if before:
-        plan = before[-1][1]
+        billing = before[-1]
+        plan, billed_by, subscription = billing.plan, billing.billed_by, billing.subscription
     elif during:
-        plan = during[0][2] or during[0][1]
+        plan = during[0].previous_plan or during[0].plan
+        billed_by, subscription = BILLED_BY_WORKER, None
     else:
-        plan = current_plan
+        plan, billed_by, subscription = current_plan, BILLED_BY_WORKER, None
     spans = []
     start = period.start
-    for at, new_plan, _previous in during:
-        if new_plan != plan:
-            spans.append(PlanSpan(plan, start, at))
-            plan, start = new_plan, at
-    spans.append(PlanSpan(plan, start, period.end))
+    for change in during:
+        if (change.plan, change.billed_by, change.subscription) != (plan, billed_by, subscription):
+            if change.effective_at > start:
+                spans.append(PlanSpan(plan, start, change.effective_at, billed_by, subscription))
+            plan, billed_by, subscription = change.plan, change.billed_by, change.subscription
+            start = max(start, change.effective_at)
+    spans.append(PlanSpan(plan, start, period.end, billed_by, subscription))
     return spans
 
 

@@ -10,18 +10,12 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from billing_worker.domain.credits import BurnResult, GrantBalance
-from billing_worker.domain.invoice_model import (
-    CreditUse,
-    InvoiceDraft,
-    LateUsage,
-    MeterUsage,
-    StoredInvoice,
-)
 from billing_worker.domain.periods import BillingPeriod, CycleChange, PeriodCalendar
 from billing_worker.domain.pricebook import CreditSource, PriceBook
 from billing_worker.domain.quotas import PeriodUsage, ThresholdCrossing
-from billing_worker.domain.stripe import StripeEvent, SubscriptionTerms
+from billing_worker.domain.stripe import IntentPayment, StripeEvent, SubscriptionTerms
 from billing_worker.domain.usage import AggregateDelta, IdempotencyKey, LedgerEntry, UsageRecord
+from billing_worker.service.invoice_ports import CloseSchedule, InvoiceStore, InvoiceToSync
 
 Clock = Callable[[], datetime]
 """Where the time comes from: called for "now". The composition root hands every part the
@@ -56,6 +50,10 @@ class Account:
     status: str
     created_at: datetime
     plan_changed_at: datetime | None
+    plan_billed_by: str = "worker"
+    """``worker`` or ``stripe_subscription``: who charges the present plan's fee."""
+    plan_subscription: str | None = None
+    """The Stripe subscription that bills it, if one does."""
 
 
 class UsageStore(Protocol):
@@ -153,6 +151,20 @@ class CreditStore(Protocol):
         """Write expiry entries for grants past expiry; return how many."""
         ...
 
+    async def claw_back(
+        self,
+        *,
+        account: str,
+        grant_id: int,
+        amount: Decimal,
+        event_id: str,
+        now: datetime,
+        pricebook_version: str,
+    ) -> Decimal | None:
+        """Take up to ``amount`` credits of what is left of the account's grant back, as a
+        ``reversal`` entry; return what was taken (None: no such grant of the account)."""
+        ...
+
 
 class AccountStore(Protocol):
     """Accounts, their plans, the account ledger and period totals."""
@@ -168,14 +180,32 @@ class AccountStore(Protocol):
         call created it."""
         ...
 
-    async def set_plan(self, account: str, plan: str, status: str, at: datetime) -> None:
-        """Move the account to ``plan`` and ``status``."""
+    async def set_plan(
+        self,
+        account: str,
+        plan: str,
+        status: str,
+        at: datetime,
+        *,
+        billed_by: str = "worker",
+        subscription: str | None = None,
+    ) -> None:
+        """Move the account to ``plan`` and ``status`` from ``at``, its fee billed by
+        ``billed_by`` (under ``subscription``)."""
         ...
 
     async def append_entry(
-        self, account: str, kind: str, details: dict[str, Any], version: str, at: datetime
+        self,
+        account: str,
+        kind: str,
+        details: dict[str, Any],
+        version: str,
+        at: datetime,
+        *,
+        effective_at: datetime | None = None,
     ) -> None:
-        """Append an account-ledger entry."""
+        """Append an account-ledger entry, recorded ``at``, in effect from ``effective_at``
+        (default ``at``)."""
         ...
 
     async def period_usage(self, account: str, period: BillingPeriod) -> dict[str, Decimal]:
@@ -245,102 +275,16 @@ class StripeStore(Protocol):
 
     async def other_live_subscription(
         self, account: str, subscription_id: str
-    ) -> tuple[str, str] | None:
-        """(plan, status) of another live subscription of the account, the latest one."""
+    ) -> tuple[str, str, str] | None:
+        """(plan, status, id) of another live subscription of the account, the latest one."""
         ...
 
     async def refunded_so_far(self, charge_id: str) -> Decimal:
         """Refunds of the charge the ledger already holds."""
         ...
 
-
-class InvoiceStore(Protocol):
-    """Invoices and what closing a period reads."""
-
-    async def closed_periods(
-        self, pairs: Sequence[tuple[str, datetime]]
-    ) -> set[tuple[str, datetime]]:
-        """Those (account, period start) pairs already invoiced."""
-        ...
-
-    async def invoice_for(self, account: str, period: BillingPeriod) -> str | None:
-        """The id of the account's invoice for ``period``."""
-        ...
-
-    async def plan_changes(
-        self, account: str, period: BillingPeriod
-    ) -> list[tuple[datetime, str, str | None]]:
-        """(effective at, plan, previous plan) of every change before the period's end."""
-        ...
-
-    async def usage(
-        self, account: str, period: BillingPeriod, dimensions: Mapping[str, str]
-    ) -> list[MeterUsage]:
-        """Each meter's period total with the ledger entries behind it."""
-        ...
-
-    async def credits_used(self, account: str, period: BillingPeriod) -> CreditUse:
-        """Credits grants paid for usage in the period, and those no grant covered."""
-        ...
-
-    async def late_usage(
-        self, account: str, before: BillingPeriod, dimensions: Mapping[str, str]
-    ) -> list[LateUsage]:
-        """Usage of invoiced periods before ``before`` recorded since their invoice."""
-        ...
-
-    async def insert(
-        self, invoice_id: str, draft: InvoiceDraft, *, status: str, last_entry_id: int | None
-    ) -> bool:
-        """Write the invoice and its lines; False if the period was invoiced already."""
-        ...
-
-    async def as_draft(self, invoice: StoredInvoice) -> InvoiceDraft:
-        """The stored invoice with its lines, as the close built it."""
-        ...
-
-    async def get(self, invoice_id: str, *, lock: bool = False) -> StoredInvoice | None:
-        """The invoice."""
-        ...
-
-    async def set_status(self, invoice_id: str, status: str) -> None:
-        """Move the invoice to ``status``."""
-        ...
-
-    async def to_sync(self, limit: int) -> list[tuple[str, str, str, BillingPeriod]]:
-        """(invoice, Stripe customer, currency, period) of invoices to push, locked."""
-        ...
-
-    async def sync_lines(self, invoice_id: str) -> list[tuple[int, str, Decimal]]:
-        """(line no, description, amount) of an invoice."""
-        ...
-
-    async def record_sync(self, invoice_id: str, stripe_invoice_id: str) -> None:
-        """The invoice is in Stripe."""
-        ...
-
-    async def record_sync_failure(self, invoice_id: str, error: str, *, permanent: bool) -> None:
-        """Count a failed push; keep a permanent one's error."""
-        ...
-
-
-class CloseSchedule(Protocol):
-    """Which periods are due for closing: each account's close watermark."""
-
-    async def due_periods(
-        self, cutoff: datetime, *, account: str | None, limit: int
-    ) -> list[tuple[str, BillingPeriod]]:
-        """(account, period) of the periods ended by ``cutoff`` without an invoice yet,
-        oldest first, reading only accounts with something due."""
-        ...
-
-    async def advance(self, account: str, calendar: PeriodCalendar) -> None:
-        """Move the account's watermark past its invoiced periods (account row locked)."""
-        ...
-
-    async def reopen(self, periods: Sequence[tuple[str, BillingPeriod]]) -> None:
-        """Usage landed in these ended periods: move a watermark back to one that has no
-        invoice yet."""
+    async def payment_of_intent(self, payment_intent: str) -> IntentPayment | None:
+        """The payment the ledger holds for a Stripe payment intent, if any."""
         ...
 
 
@@ -401,3 +345,20 @@ class UnitOfWork(Protocol):
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+__all__ = [
+    "Account",
+    "AccountStore",
+    "Clock",
+    "CloseSchedule",
+    "CreditStore",
+    "InvoiceStore",
+    "InvoiceToSync",
+    "Outbox",
+    "OutgoingEvent",
+    "QuotaAlert",
+    "StripeStore",
+    "UnitOfWork",
+    "UnitOfWorkFactory",
+    "UsageStore",
+]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import structlog
+
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.stripe import (
     AccountMismatch,
@@ -14,6 +16,8 @@ from billing_worker.domain.stripe import (
 )
 from billing_worker.service.ports import UnitOfWork
 
+log = structlog.get_logger(__name__)
+
 
 async def account_of(
     uow: UnitOfWork,
@@ -22,11 +26,13 @@ async def account_of(
     create_on: str,
     now: datetime,
     recorded: str | None = None,
+    recorded_by: str | None = None,
 ) -> str:
     """The account the event names, else its customer's (or ``recorded``); created if new.
 
     Every account the event implies must be one and the same: those it names, the one its
-    customer is linked to, and ``recorded``, the one its object is already kept under.
+    customer is linked to, and ``recorded``, the one its object is already kept under (or,
+    as ``recorded_by`` words it, the one a payment the worker holds for it was made for).
     Otherwise a genuinely signed event (metadata set wrongly, a ``client_reference_id``
     taken from a payment link) could hand one account's customer, subscription, payments
     or credits to another; it is refused instead, changing nothing.
@@ -38,7 +44,8 @@ async def account_of(
     if linked is not None:
         claims.append((f"customer {customer} is linked to", linked))
     if recorded is not None:
-        claims.append((f"{event.object_type} {event.object_id} is kept under", recorded))
+        source = recorded_by or f"{event.object_type} {event.object_id} is kept under"
+        claims.append((source, recorded))
     if len({account for _, account in claims}) > 1:
         raise AccountMismatch(
             f"{event.event_type} {event.event_id}: the accounts it implies differ: "
@@ -59,19 +66,34 @@ async def account_of(
 
 async def apply_customer(
     uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime
-) -> str:
+) -> str | None:
+    """Link the customer to the account its ``metadata.account_id`` names.
+
+    A customer that names no account is not an error: Checkout creates the customer
+    before anything names the account (``customer.created`` with empty metadata), and the
+    session, subscription and invoice events that follow name it. Such an event is acked
+    as ignored (None), saying why in the log; one of a customer already linked keeps the
+    link and is applied to that account.
+    """
+    customer = str(event.object_id)
     account = metadata_account(event.obj)
     if account is None:
-        raise UnresolvedAccount(
-            f"customer {event.object_id} has no metadata.account_id: set it when creating "
-            "the customer"
-        )
+        linked = await uow.stripe.customer_account(customer)
+        if linked is None:
+            log.info(
+                "stripe_customer_names_no_account",
+                event_id=event.event_id,
+                event_type=event.event_type,
+                customer=customer,
+                reason="no metadata.account_id and not linked yet: later events name it",
+            )
+        return linked
     await uow.accounts.create(account, book.default_plan, now)
-    if await uow.stripe.link_customer(str(event.object_id), account):
+    if await uow.stripe.link_customer(customer, account):
         await uow.accounts.append_entry(
             account,
             "stripe_customer_linked",
-            {"customer": event.object_id, "event_id": event.event_id},
+            {"customer": customer, "event_id": event.event_id},
             book.version,
             now,
         )

@@ -9,18 +9,19 @@ undo a newer one). Effects go to the ledgers and the outbox in the same transact
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from billing_worker.domain.pricebook import PriceBook
 from billing_worker.domain.stripe import ENDED_STATUSES, StripeEvent
-from billing_worker.service.ports import UnitOfWorkFactory
+from billing_worker.service.ports import UnitOfWork, UnitOfWorkFactory
 from billing_worker.service.stripe_accounts import apply_customer
 from billing_worker.service.stripe_payments import (
-    apply_charge,
     apply_checkout,
     apply_invoice,
     apply_payment_intent,
 )
+from billing_worker.service.stripe_refunds import apply_charge
 from billing_worker.service.stripe_subscriptions import (
     CYCLE_MARGIN,
     apply_subscription,
@@ -65,7 +66,11 @@ async def apply_stripe_event(
     now: datetime,
     cycle_margin: timedelta = CYCLE_MARGIN,
 ) -> StripeOutcome:
-    """Apply ``event`` once; raise ``PermanentError`` for one that names no account."""
+    """Apply ``event`` once; raise ``PermanentError`` for one that names no account.
+
+    A handled event with nothing to apply yet (a customer no account is named for, see
+    ``apply_customer``) is acked as ``IGNORED``; its object's clock still moves, so an
+    older event of that customer stays stale."""
     async with uow_factory() as uow:
         if not await uow.stripe.claim_event(event):
             return StripeOutcome.DUPLICATE
@@ -81,6 +86,10 @@ async def apply_stripe_event(
             await uow.commit()
             return StripeOutcome.STALE
         account = await _APPLY[event.event_type.rsplit(".", 1)[0]](uow, book, event, now)
+        if account is None:  # nothing to apply yet (the applier logged why)
+            await uow.stripe.set_outcome(event, StripeOutcome.IGNORED, None)
+            await uow.commit()
+            return StripeOutcome.IGNORED
         if event.object_type == "subscription" and not event.event_type.endswith(".trial_will_end"):
             await follow_cycle(uow, book, account, event, not_before=now + cycle_margin, now=now)
         await uow.stripe.set_outcome(event, StripeOutcome.APPLIED, account)
@@ -88,7 +97,11 @@ async def apply_stripe_event(
     return StripeOutcome.APPLIED
 
 
-_APPLY = {
+Applier = Callable[[UnitOfWork, PriceBook, StripeEvent, datetime], Awaitable[str | None]]
+"""Applies one family of events: returns the account, or None when there is nothing to
+apply yet."""
+
+_APPLY: dict[str, Applier] = {
     "customer": apply_customer,
     "customer.subscription": apply_subscription,
     "checkout.session": apply_checkout,

@@ -1,4 +1,5 @@
-"""Stripe's money events: Checkout sessions, invoices, payment intents and refunds."""
+"""Stripe's money events: Checkout sessions, invoices and payment intents (refunds are in
+``stripe_refunds``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from billing_worker.domain.stripe import (
     InvalidStripeEvent,
     StripeEvent,
     UnknownPrice,
+    invoice_payment_intent,
     invoice_subscription_account,
     major_units,
     metadata_account,
     metadata_text,
     text,
 )
+from billing_worker.domain.stripe_invoices import billed_invoice_ids, invoice_tax_minor
 from billing_worker.service.accounts import add_grant
 from billing_worker.service.events import invoice_payment
 from billing_worker.service.invoices import (
@@ -85,7 +88,15 @@ async def apply_checkout(
             currency=currency,
             object_id=str(event.object_id),
             event_id=event.event_id,
-            details={"for": "credit pack", "product": product.name, "quantity": quantity},
+            details={
+                "for": "credit pack",
+                "product": product.name,
+                "quantity": quantity,
+                "credits": str(product.credits * quantity),
+                "grant_id": granted,
+                # a guest checkout's refund names neither customer nor account: this does
+                "payment_intent": text(session, "payment_intent"),
+            },
             at=event.created,
         )
     return account
@@ -102,7 +113,8 @@ async def apply_invoice(uow: UnitOfWork, book: PriceBook, event: StripeEvent, no
         now=now,
     )
     kind = event.event_type.removeprefix("invoice.")
-    ours = metadata_text(invoice, "billing_invoice_id")
+    billed = billed_invoice_ids(invoice)
+    ours = billed[0] if billed else None
     if kind == "paid":
         amount, currency = major_units(invoice.get("amount_paid"), invoice.get("currency"))
         await uow.stripe.append_payment(
@@ -112,7 +124,12 @@ async def apply_invoice(uow: UnitOfWork, book: PriceBook, event: StripeEvent, no
             currency=currency,
             object_id=str(event.object_id),
             event_id=event.event_id,
-            details={"for": "invoice", "invoice_id": ours, "number": invoice.get("number")},
+            details={
+                "for": "invoice",
+                "invoice_id": ours,
+                "number": invoice.get("number"),
+                "payment_intent": invoice_payment_intent(invoice),
+            },
             at=event.created,
         )
     else:
@@ -130,9 +147,9 @@ async def apply_invoice(uow: UnitOfWork, book: PriceBook, event: StripeEvent, no
             book.version,
             now,
         )
-    if ours is not None and kind in ("paid", "finalized"):
-        status = "paid" if kind == "paid" else "open"
-        await _follow_stripe(uow, book, ours, status=status, event=event, now=now)
+    if kind in ("paid", "finalized"):
+        for invoice_id in billed:
+            await _record_stripe_invoice(uow, book, invoice_id, account, event=event, now=now)
     if kind in ("paid", "payment_failed"):
         await uow.outbox.add(
             [
@@ -157,8 +174,16 @@ async def apply_payment_intent(
     uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime
 ) -> str:
     intent = event.obj
+    # a guest Checkout's intent names neither customer nor account; its session's payment does
+    paid = await uow.stripe.payment_of_intent(str(event.object_id))
     account = await account_of(
-        uow, event, metadata_account(intent), create_on=book.default_plan, now=now
+        uow,
+        event,
+        metadata_account(intent),
+        create_on=book.default_plan,
+        now=now,
+        recorded=paid.account if paid is not None else None,
+        recorded_by=f"payment intent {event.object_id} paid {paid.object_id} of" if paid else None,
     )
     amount, currency = major_units(intent.get("amount"), intent.get("currency"))
     await uow.accounts.append_entry(
@@ -177,27 +202,40 @@ async def apply_payment_intent(
     return account
 
 
-async def apply_charge(uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime) -> str:
-    charge = event.obj
-    account = await account_of(
-        uow, event, metadata_account(charge), create_on=book.default_plan, now=now
-    )
-    refunded, currency = major_units(charge.get("amount_refunded"), charge.get("currency"))
-    # charge.refunded carries the running total refunded; the ledger takes the difference,
-    # so partial refunds are each reversed once.
-    already = await uow.stripe.refunded_so_far(str(event.object_id))
-    if refunded > already:
-        await uow.stripe.append_payment(
+async def _record_stripe_invoice(
+    uow: UnitOfWork,
+    book: PriceBook,
+    invoice_id: str,
+    account: str,
+    *,
+    event: StripeEvent,
+    now: datetime,
+) -> None:
+    """Stripe finalized or was paid an invoice billing ours: keep its id (for lines put
+    on a subscription, the renewal that took them), its total and the tax Stripe
+    computed, and move ours the way Stripe says. An invoice of another account is left
+    alone (logged): a Stripe invoice never moves another account's invoice."""
+    stored = await uow.invoices.get(invoice_id)
+    if stored is None or stored.account != account:
+        log.warning(
+            "stripe_invoice_not_ours",
+            invoice=invoice_id,
+            stripe_invoice=event.object_id,
             account=account,
-            kind="refund",
-            amount=-(refunded - already),
-            currency=currency,
-            object_id=str(event.object_id),
-            event_id=event.event_id,
-            details={"payment_intent": text(charge, "payment_intent")},
-            at=event.created,
+            reason="no such invoice" if stored is None else f"it is {stored.account}'s",
         )
-    return account
+        return
+    currency = event.obj.get("currency")
+    tax = invoice_tax_minor(event.obj)
+    total = event.obj.get("total")
+    await uow.invoices.record_stripe_invoice(
+        invoice_id,
+        str(event.object_id),
+        tax=major_units(tax, currency)[0] if tax is not None and tax >= 0 else None,
+        total=major_units(total, currency)[0] if isinstance(total, int) and total >= 0 else None,
+    )
+    status = "paid" if event.event_type == "invoice.paid" else "open"
+    await _follow_stripe(uow, book, invoice_id, status=status, event=event, now=now)
 
 
 async def _follow_stripe(

@@ -25,6 +25,7 @@ ROUTES = {
     ("GET", "/v1/accounts/{account}/credits"): ("read", True),
     ("GET", "/v1/accounts/{account}/ledger"): ("read", True),
     ("GET", "/v1/accounts/{account}/invoices"): ("read", True),
+    ("GET", "/v1/accounts/{account}/payments"): ("read", True),
     ("GET", "/v1/accounts/{account}/invoices/upcoming"): ("read", True),
     ("GET", "/v1/invoices/{invoice_id}"): ("read", True),
     ("GET", "/v1/reports/{month}"): ("read", False),

@@ -116,6 +116,18 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.stripe_reconcile_differences = Gauge(
+            "billing_stripe_reconcile_differences",
+            "Differences between Stripe and the ledger left open by the last "
+            "`reconcile stripe` run over each invoice, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.stripe_reconcile_last_run = Gauge(
+            "billing_stripe_reconcile_last_run_timestamp_seconds",
+            "When a `reconcile stripe` run last finished, in Unix time (0: never).",
+            registry=r,
+        )
 
     def for_queue(self, queue: str) -> QueueMetrics:
         """Children of the per-queue metrics, resolved once (``.labels()`` is not free)."""

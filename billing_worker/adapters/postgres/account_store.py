@@ -23,13 +23,15 @@ from billing_worker.domain.periods import (
 from billing_worker.service.ports import Account
 
 LOCK_ACCOUNT = text("""
-    SELECT account_id, plan, status, created_at, plan_changed_at FROM accounts
-    WHERE account_id = :account FOR UPDATE
+    SELECT account_id, plan, status, created_at, plan_changed_at, plan_billed_by,
+           plan_subscription_id
+    FROM accounts WHERE account_id = :account FOR UPDATE
 """)
 
 GET_ACCOUNT = text("""
-    SELECT account_id, plan, status, created_at, plan_changed_at FROM accounts
-    WHERE account_id = :account
+    SELECT account_id, plan, status, created_at, plan_changed_at, plan_billed_by,
+           plan_subscription_id
+    FROM accounts WHERE account_id = :account
 """)
 
 CREATE_ACCOUNT = text("""
@@ -40,13 +42,14 @@ CREATE_ACCOUNT = text("""
 """)
 
 SET_PLAN = text("""
-    UPDATE accounts SET plan = :plan, status = :status, plan_changed_at = :at
+    UPDATE accounts SET plan = :plan, status = :status, plan_changed_at = :at,
+           plan_billed_by = :billed_by, plan_subscription_id = :subscription
     WHERE account_id = :account
 """)
 
 APPEND_ENTRY = text("""
     INSERT INTO account_ledger (account_id, kind, details, pricebook_version, effective_at)
-    VALUES (:account, :kind, CAST(:details AS jsonb), :version, :at)
+    VALUES (:account, :kind, CAST(:details AS jsonb), :version, :effective)
 """)
 
 PERIOD_USAGE = text("""
@@ -94,8 +97,8 @@ async def load_calendars(
 
 
 def _row(row: Any) -> Account:
-    account, plan, status, created_at, changed = row
-    return Account(account, plan, status, created_at, changed)
+    account, plan, status, created_at, changed, billed_by, subscription = row
+    return Account(account, plan, status, created_at, changed, billed_by, subscription)
 
 
 class PostgresAccounts:
@@ -127,16 +130,40 @@ class PostgresAccounts:
         )
         return result.first() is not None
 
-    async def set_plan(self, account: str, plan: str, status: str, at: datetime) -> None:
+    async def set_plan(
+        self,
+        account: str,
+        plan: str,
+        status: str,
+        at: datetime,
+        *,
+        billed_by: str = "worker",
+        subscription: str | None = None,
+    ) -> None:
         """Move the account to ``plan`` / ``status`` from ``at``."""
         await self._conn.execute(
-            SET_PLAN, {"account": account, "plan": plan, "status": status, "at": at}
+            SET_PLAN,
+            {
+                "account": account,
+                "plan": plan,
+                "status": status,
+                "at": at,
+                "billed_by": billed_by,
+                "subscription": subscription,
+            },
         )
 
     async def append_entry(
-        self, account: str, kind: str, details: dict[str, Any], version: str, at: datetime
+        self,
+        account: str,
+        kind: str,
+        details: dict[str, Any],
+        version: str,
+        at: datetime,
+        *,
+        effective_at: datetime | None = None,
     ) -> None:
-        """Append an account-ledger entry."""
+        """Append an account-ledger entry, recorded ``at``, in effect from ``effective_at``."""
         await self._conn.execute(
             APPEND_ENTRY,
             {
@@ -144,7 +171,7 @@ class PostgresAccounts:
                 "kind": kind,
                 "details": orjson.dumps(details).decode(),
                 "version": version,
-                "at": at,
+                "effective": effective_at or at,
             },
         )
 

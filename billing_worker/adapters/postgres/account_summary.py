@@ -1,4 +1,5 @@
-"""An account as one document: plan, period usage against limits, credits, recent entries.
+"""An account as one document: plan, period usage against limits, credits, recent entries
+and payments.
 
 The one implementation of "show an account": ``billing-worker account show`` prints it, and
 every other reader of an account's state takes the same document.
@@ -13,7 +14,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing_worker.adapters.postgres.account_store import PostgresAccounts
-from billing_worker.adapters.postgres.account_view import grants, period_totals, recent_entries
+from billing_worker.adapters.postgres.account_view import (
+    grants,
+    payment_document,
+    payment_entries,
+    period_totals,
+    recent_entries,
+)
 from billing_worker.domain.pricebook import PriceBook
 from schemas.events import format_decimal as plain
 
@@ -82,7 +89,11 @@ async def account_summary(
                 "what": e.what,
                 "ref": e.ref,
                 "pricebook_version": e.pricebook_version,
+                "details": e.details,
             }
             for e in await recent_entries(conn, account, entries)
+        ],
+        "payments": [
+            payment_document(row) for row in await payment_entries(conn, account, limit=entries)
         ],
     }

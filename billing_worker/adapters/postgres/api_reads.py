@@ -1,6 +1,6 @@
-"""Reads behind the HTTP API that the CLI has no twin for: usage buckets, pages of the
-ledgers and of invoices, and what became of one event. Each query runs on an index named
-next to it; nothing fetches rows to add them up in Python."""
+"""Reads behind the HTTP API: usage buckets, pages of the ledgers, of payments and of
+invoices, and what became of one event. Each query runs on an index named next to it;
+nothing fetches rows to add them up in Python."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billing_worker.adapters.postgres.account_view import (
+    describe_entry,
+    payment_document,
+    payment_entries,
+)
 from billing_worker.domain.pricebook import Aggregation, Meter
 
 # usage_ledger_account_period (account_id, period_start, meter): the period bound keeps the
@@ -56,24 +61,26 @@ PERIODS = text("""
 LEDGER_PAGE = text("""
     (SELECT 'usage' AS ledger, entry_id, recorded_at, occurred_at AS effective_at,
             meter || ' +' || quantity::text AS what,
-            event_source || '/' || event_id AS ref, pricebook_version
+            event_source || '/' || event_id AS ref, pricebook_version, NULL::jsonb AS details
      FROM usage_ledger WHERE account_id = :account AND entry_id < :usage
      ORDER BY entry_id DESC LIMIT :limit)
     UNION ALL
     (SELECT 'credits', entry_id, recorded_at, effective_at,
             kind || ' ' || credits::text || coalesce(' on ' || meter, ''),
-            coalesce(event_source || '/' || event_id, 'grant ' || grant_id::text, ''),
-            pricebook_version
+            concat_ws(' ', event_source || '/' || event_id, 'grant ' || grant_id::text),
+            pricebook_version, NULL::jsonb
      FROM credit_ledger WHERE account_id = :account AND entry_id < :credits
      ORDER BY entry_id DESC LIMIT :limit)
     UNION ALL
-    (SELECT 'account', entry_id, recorded_at, effective_at, kind, details::text,
-            pricebook_version
+    (SELECT 'account', entry_id, recorded_at, effective_at, kind, '', pricebook_version,
+            details
      FROM account_ledger WHERE account_id = :account AND entry_id < :account_entries
      ORDER BY entry_id DESC LIMIT :limit)
     ORDER BY recorded_at DESC, ledger, entry_id DESC
     LIMIT :limit
 """)
+
+# payment_ledger_account (account_id, entry_id): see account_view.PAYMENTS
 
 # invoices' unique (account_id, period_start)
 INVOICE_PAGE = text("""
@@ -189,6 +196,9 @@ async def ledger_page(
         "limit": limit + 1,
     }
     rows = [dict(row._mapping) for row in await conn.execute(LEDGER_PAGE, params)]
+    for row in rows:
+        if row["details"] is not None:  # an account entry: its kind, described
+            row["what"], row["ref"] = describe_entry(row["what"], row["details"])
     page, more = rows[:limit], len(rows) > limit
     if not more:
         return page, None
@@ -211,6 +221,17 @@ async def invoice_page(
     ]
     page = rows[:limit]
     return page, (page[-1]["period_start"] if len(rows) > limit else None)
+
+
+async def payment_page(
+    conn: AsyncConnection, account: str, *, before: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The account's payment-ledger entries, newest first, and the entry id the next page
+    reads below (None on the last page)."""
+    rows = await payment_entries(conn, account, limit=limit + 1, before=before)
+    page = rows[:limit]
+    following = page[-1].entry_id if len(rows) > limit else None
+    return [payment_document(row) for row in page], following
 
 
 async def event_fate(

@@ -4,14 +4,13 @@ where a price needs it), the credits it used, and late usage of periods invoiced
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from decimal import Decimal
 
 import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing_worker.domain.invoice_model import CreditUse, LateUsage, MeterUsage
+from billing_worker.domain.invoice_model import CreditUse, LateUsage, MeterUsage, PlanChangeEntry
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import DimensionKind, DimensionValue
 
@@ -36,7 +35,8 @@ LINE_DIMENSION = """
 """
 
 PLAN_CHANGES = text("""
-    SELECT effective_at, details ->> 'plan', details ->> 'previous_plan'
+    SELECT effective_at, details ->> 'plan', details ->> 'previous_plan',
+           coalesce(details ->> 'billed_by', 'worker'), details ->> 'subscription'
     FROM account_ledger
     WHERE account_id = :account AND kind = 'plan_changed' AND effective_at < :end
     ORDER BY effective_at, entry_id
@@ -133,12 +133,10 @@ class ClosingReads:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def plan_changes(
-        self, account: str, period: BillingPeriod
-    ) -> list[tuple[datetime, str, str | None]]:
-        """(effective at, plan, previous plan) of every change before the period's end."""
+    async def plan_changes(self, account: str, period: BillingPeriod) -> list[PlanChangeEntry]:
+        """Every plan change in effect before the period's end, in order."""
         result = await self._conn.execute(PLAN_CHANGES, {"account": account, "end": period.end})
-        return [(at, str(plan), prev) for at, plan, prev in result]
+        return [PlanChangeEntry(at, str(plan), prev, by, sub) for at, plan, prev, by, sub in result]
 
     async def usage(
         self, account: str, period: BillingPeriod, dimensions: Mapping[str, str]

@@ -132,6 +132,24 @@ EXPIRE_DUE = text("""
     RETURNING g.grant_id
 """)
 
+# A refund takes a purchase back: at most what is left of its grant (the rest was spent).
+LOCK_GRANT = text("""
+    SELECT remaining FROM credit_grants
+    WHERE grant_id = :grant AND account_id = :account
+    FOR UPDATE
+""")
+
+CLAW_BACK = text("""
+    WITH entry AS (
+        INSERT INTO credit_ledger (account_id, grant_id, kind, credits, event_source, event_id,
+                                   pricebook_version, effective_at)
+        VALUES (:account, :grant, 'reversal', -CAST(:taken AS numeric), 'stripe', :event_id,
+                :version, :now)
+    )
+    UPDATE credit_grants SET remaining = remaining - CAST(:taken AS numeric)
+    WHERE grant_id = :grant
+""")
+
 
 def _json(rows: object) -> str:
     return orjson.dumps(rows).decode()
@@ -262,3 +280,34 @@ class PostgresCredits:
             EXPIRE_DUE, {"now": now, "version": pricebook_version, "limit": limit}
         )
         return len(result.all())
+
+    async def claw_back(
+        self,
+        *,
+        account: str,
+        grant_id: int,
+        amount: Decimal,
+        event_id: str,
+        now: datetime,
+        pricebook_version: str,
+    ) -> Decimal | None:
+        """Take up to ``amount`` credits of what is left of the grant back as a ``reversal`` entry
+        (the grant row locked); return what was taken, None if the account has no such
+        grant."""
+        params = {"grant": grant_id, "account": account}
+        row = (await self._conn.execute(LOCK_GRANT, params)).first()
+        if row is None:
+            return None
+        taken = min(Decimal(row[0]), max(amount, Decimal(0)))
+        if taken > 0:
+            await self._conn.execute(
+                CLAW_BACK,
+                {
+                    **params,
+                    "taken": taken,
+                    "event_id": event_id,
+                    "version": pricebook_version,
+                    "now": now,
+                },
+            )
+        return taken

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing_worker.adapters.postgres.closing_reads import stored_dimension
 from billing_worker.adapters.postgres.invoice_store import PostgresInvoices
+from billing_worker.domain.invoice_model import BILLED_BY_SUBSCRIPTION
 from billing_worker.domain.periods import BillingPeriod
 from billing_worker.domain.pricebook import PriceBook
 from schemas.events import format_decimal
@@ -40,7 +41,10 @@ async def invoice_document(
     if invoice is None:
         return None
     lines = []
+    by_subscription = invoice.total - invoice.total
     for row in await store.lines(invoice_id):
+        if row["billed_by"] == BILLED_BY_SUBSCRIPTION:
+            by_subscription += row["amount"]
         value = stored_dimension(row.pop("dimension_value"), row.pop("dimension_kind"))
         row["dimension_value"] = value.text if value else None
         row["dimension_kind"] = value.kind.value if value else None
@@ -74,10 +78,16 @@ async def invoice_document(
             "credits_applied": invoice.credits_applied,
             "credits_shortfall": invoice.credits_shortfall,
             "total": invoice.total,
+            "billed_by_worker": invoice.total - by_subscription,
+            "billed_by_subscription": by_subscription,
             "pricebook_version": invoice.pricebook_version,
             "closed_at": invoice.closed_at,
             "stripe_invoice_id": invoice.stripe_invoice_id,
             "stripe_sync_error": invoice.stripe_sync_error,
+            "stripe_sync_target": invoice.stripe_sync_target,
+            "stripe_subscription_id": invoice.stripe_subscription_id,
+            "tax": invoice.tax,
+            "stripe_total": invoice.stripe_total,
             "lines": lines,
         }
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -16,6 +15,7 @@ from billing_worker.adapters.postgres.closing_reads import (
     ClosingReads,
     stored_dimension,
 )
+from billing_worker.adapters.postgres.sync_records import SyncRecords
 from billing_worker.domain.invoice_model import (
     InvoiceDraft,
     InvoiceLine,
@@ -49,19 +49,21 @@ INSERT_LINES = text("""
     INSERT INTO invoice_lines (invoice_id, line_no, kind, description, meter, dimension_value,
                                dimension_kind, quantity, included, free_quantity, billable,
                                price, tiers, amount, unrounded, entries, first_entry_id,
-                               last_entry_id, refers_to_start, refers_to_end)
+                               last_entry_id, refers_to_start, refers_to_end, billed_by,
+                               stripe_subscription_id)
     SELECT :id, l.n, l.k, l.d, l.m, l.dv, l.dk, l.q, l.inc, l.f, l.b, l.p, l.t, l.a, l.u, l.e,
-           l.fe, l.le, l.rs, l.re
+           l.fe, l.le, l.rs, l.re, l.by, l.sub
     FROM json_to_recordset(CAST(:lines AS json)) AS l(
         n int, k text, d text, m text, dv text, dk text, q numeric, inc numeric, f numeric,
         b numeric, p text, t jsonb, a numeric, u numeric, e int, fe bigint, le bigint,
-        rs timestamptz, re timestamptz)
+        rs timestamptz, re timestamptz, by text, sub text)
 """)
 
 GET_INVOICE = text("""
     SELECT invoice_id, account_id, period_start, period_end, status, plan, currency,
            subtotal, credits_applied, credits_shortfall, total, pricebook_version,
-           last_entry_id, closed_at, stripe_invoice_id, stripe_sync_error, stripe_sync_attempts
+           last_entry_id, closed_at, stripe_invoice_id, stripe_sync_error, stripe_sync_attempts,
+           stripe_sync_target, stripe_subscription_id, tax, stripe_total
     FROM invoices WHERE invoice_id = :id
 """)
 
@@ -76,7 +78,8 @@ GET_LINES = text(f"""
 },
            quantity, included,
            free_quantity, billable, price, tiers, amount, unrounded, entries,
-           first_entry_id, last_entry_id, refers_to_start, refers_to_end
+           first_entry_id, last_entry_id, refers_to_start, refers_to_end, billed_by,
+           stripe_subscription_id
     FROM invoice_lines WHERE invoice_id = :id ORDER BY line_no
 """)
 
@@ -102,42 +105,11 @@ LINE_ENTRIES = text(f"""
 """)
 
 
-TO_SYNC = text("""
-    SELECT i.invoice_id, c.customer_id, i.currency, i.period_start, i.period_end
-    FROM invoices AS i
-    JOIN LATERAL (SELECT customer_id FROM stripe_customers AS sc
-                  WHERE sc.account_id = i.account_id
-                  ORDER BY linked_at DESC LIMIT 1) AS c ON true
-    WHERE i.stripe_invoice_id IS NULL AND i.stripe_sync_error IS NULL
-      AND i.status = 'open'
-    ORDER BY i.closed_at, i.invoice_id
-    LIMIT :limit
-    FOR UPDATE OF i SKIP LOCKED
-""")
-
-SYNC_LINES = text("""
-    SELECT line_no, description, amount FROM invoice_lines
-    WHERE invoice_id = :id ORDER BY line_no
-""")
-
-SYNCED = text("""
-    UPDATE invoices SET stripe_invoice_id = :stripe_id, stripe_synced_at = now(),
-           stripe_sync_attempts = stripe_sync_attempts + 1
-    WHERE invoice_id = :id
-""")
-
-SYNC_FAILED = text("""
-    UPDATE invoices SET stripe_sync_attempts = stripe_sync_attempts + 1,
-           stripe_sync_error = CASE WHEN :permanent THEN :error ELSE NULL END
-    WHERE invoice_id = :id
-""")
-
-
 def _json(rows: object) -> str:
     return orjson.dumps(rows, default=str).decode()
 
 
-class PostgresInvoices(ClosingReads):
+class PostgresInvoices(ClosingReads, SyncRecords):
     """``InvoiceStore`` on one open transaction."""
 
     async def closed_periods(
@@ -202,6 +174,8 @@ class PostgresInvoices(ClosingReads):
                 "le": line.last_entry_id,
                 "rs": line.refers_to.start.isoformat() if line.refers_to else None,
                 "re": line.refers_to.end.isoformat() if line.refers_to else None,
+                "by": line.billed_by,
+                "sub": line.stripe_subscription_id,
             }
             for n, line in enumerate(draft.lines, start=1)
         ]
@@ -216,33 +190,13 @@ class PostgresInvoices(ClosingReads):
         if row is None:
             return None
         (iid, account, start, end, status, plan, currency, subtotal, applied, short, total,
-         version, last_entry_id, closed_at, stripe_id, stripe_error, attempts) = row  # fmt: skip
+         version, last_entry_id, closed_at, stripe_id, stripe_error, attempts, target,
+         subscription, tax, stripe_total) = row  # fmt: skip
         return StoredInvoice(
             iid, account, BillingPeriod(start, end), status, plan, currency, subtotal,
             applied, short, total, version, last_entry_id, closed_at, stripe_id, stripe_error,
-            attempts,
+            attempts, target, subscription, tax, stripe_total,
         )  # fmt: skip
-
-    async def to_sync(self, limit: int) -> list[tuple[str, str, str, BillingPeriod]]:
-        """(invoice id, Stripe customer, currency, period) of open invoices of linked
-        accounts not pushed to Stripe yet, locked so replicas share the work."""
-        result = await self._conn.execute(TO_SYNC, {"limit": limit})
-        return [(i, c, cur, BillingPeriod(s, e)) for i, c, cur, s, e in result]
-
-    async def sync_lines(self, invoice_id: str) -> list[tuple[int, str, Decimal]]:
-        """(line no, description, amount) of an invoice."""
-        result = await self._conn.execute(SYNC_LINES, {"id": invoice_id})
-        return [(int(n), str(d), a) for n, d, a in result]
-
-    async def record_sync(self, invoice_id: str, stripe_invoice_id: str) -> None:
-        """The invoice is in Stripe under ``stripe_invoice_id``."""
-        await self._conn.execute(SYNCED, {"id": invoice_id, "stripe_id": stripe_invoice_id})
-
-    async def record_sync_failure(self, invoice_id: str, error: str, *, permanent: bool) -> None:
-        """Count a failed push; a permanent one keeps its error (visible, not retried)."""
-        await self._conn.execute(
-            SYNC_FAILED, {"id": invoice_id, "error": error, "permanent": permanent}
-        )
 
     async def set_status(self, invoice_id: str, status: str) -> None:
         """Move the invoice to ``status`` (the caller writes the ledger entry)."""
@@ -271,6 +225,8 @@ class PostgresInvoices(ClosingReads):
                     else None
                 ),
                 unrounded=row["unrounded"],
+                billed_by=row["billed_by"],
+                stripe_subscription_id=row["stripe_subscription_id"],
             )
             for row in await self.lines(invoice.invoice_id)
         )

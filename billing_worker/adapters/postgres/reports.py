@@ -35,6 +35,12 @@ CREDITS = text("""
     FROM invoices
     WHERE period_start >= :start AND period_start < :end AND status <> 'void'
 """)
+BY_BILLER = text("""
+    SELECT l.billed_by, i.currency, sum(l.amount)
+    FROM invoice_lines AS l JOIN invoices AS i USING (invoice_id)
+    WHERE i.period_start >= :start AND i.period_start < :end AND i.status <> 'void'
+    GROUP BY 1, 2 ORDER BY 1, 2
+""")
 ACTIVE = text("""
     SELECT count(DISTINCT account_id) FROM usage_aggregates
     WHERE period_start >= :start AND period_start < :end
@@ -46,14 +52,16 @@ def _rows(result: Any) -> list[list[Any]]:
 
 
 async def period_report(conn: AsyncConnection, period: BillingPeriod) -> dict[str, Any]:
-    """Revenue by plan, meter and status, invoice counts, the credits grants paid and
-    those no grant covered (on invoices that are not void), active accounts."""
+    """Revenue by plan, meter and status, invoice counts, what the worker bills apart
+    from what Stripe subscriptions bill themselves, the credits grants paid and those no
+    grant covered (on invoices that are not void), active accounts."""
     params = {"start": period.start, "end": period.end}
     by_plan = _rows(await conn.execute(BY_PLAN, params))
     by_status = _rows(await conn.execute(BY_STATUS, params))
     by_meter = _rows(await conn.execute(BY_METER, params))
     active = (await conn.execute(ACTIVE, params)).scalar_one()
     applied, shortfall = (await conn.execute(CREDITS, params)).one()
+    by_biller = _rows(await conn.execute(BY_BILLER, params))
     return {
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
         "by_plan": [
@@ -67,6 +75,10 @@ async def period_report(conn: AsyncConnection, period: BillingPeriod) -> dict[st
         "by_status": [
             {"status": s, "currency": c, "invoices": n, "amount": format_decimal(Decimal(t))}
             for s, c, n, t in by_status
+        ],
+        "billed_by": [
+            {"billed_by": b, "currency": c, "amount": format_decimal(Decimal(t))}
+            for b, c, t in by_biller
         ],
         "credits": {
             "applied": format_decimal(Decimal(applied)),

@@ -11,7 +11,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing_worker.domain.stripe import StripeEvent, SubscriptionTerms
+from billing_worker.domain.stripe import IntentPayment, StripeEvent, SubscriptionTerms
 
 CLAIM_EVENT = text("""
     INSERT INTO stripe_events (event_id, event_type, object_id, created, outcome)
@@ -56,16 +56,18 @@ SUBSCRIPTION_ACCOUNT = text("SELECT account_id FROM subscriptions WHERE subscrip
 UPSERT_SUBSCRIPTION = text("""
     INSERT INTO subscriptions (subscription_id, account_id, customer_id, price_id, plan, status,
                                current_period_start, current_period_end,
-                               cancel_at_period_end, trial_end, updated_at)
+                               cancel_at_period_end, trial_end, started_at, updated_at)
     VALUES (:id, :account, :customer, :price, :plan, :status, :start, :end, :cancel,
-            :trial_end, now())
+            :trial_end, :started_at, now())
     ON CONFLICT (subscription_id) DO UPDATE
        SET account_id = EXCLUDED.account_id, customer_id = EXCLUDED.customer_id,
            price_id = EXCLUDED.price_id, plan = EXCLUDED.plan, status = EXCLUDED.status,
            current_period_start = EXCLUDED.current_period_start,
            current_period_end = EXCLUDED.current_period_end,
            cancel_at_period_end = EXCLUDED.cancel_at_period_end,
-           trial_end = EXCLUDED.trial_end, updated_at = now()
+           trial_end = EXCLUDED.trial_end,
+           started_at = coalesce(EXCLUDED.started_at, subscriptions.started_at),
+           updated_at = now()
 """)
 
 APPEND_PAYMENT = text("""
@@ -76,10 +78,18 @@ APPEND_PAYMENT = text("""
 """)
 
 OTHER_LIVE_SUBSCRIPTION = text("""
-    SELECT plan, status FROM subscriptions
+    SELECT plan, status, subscription_id FROM subscriptions
     WHERE account_id = :account AND subscription_id <> :id
       AND status IN ('trialing', 'active', 'past_due', 'unpaid')
     ORDER BY updated_at DESC, subscription_id
+    LIMIT 1
+""")
+
+# payment_ledger_payment_intent ((details ->> 'payment_intent') WHERE kind = 'payment')
+PAYMENT_OF_INTENT = text("""
+    SELECT account_id, stripe_object_id, details FROM payment_ledger
+    WHERE kind = 'payment' AND details ->> 'payment_intent' = :intent
+    ORDER BY entry_id
     LIMIT 1
 """)
 
@@ -168,6 +178,7 @@ class PostgresStripe:
                 "end": period.end if period else None,
                 "cancel": terms.cancel_at_period_end,
                 "trial_end": terms.trial_end,
+                "started_at": terms.started_at,
             },
         )
 
@@ -200,16 +211,23 @@ class PostgresStripe:
 
     async def other_live_subscription(
         self, account: str, subscription_id: str
-    ) -> tuple[str, str] | None:
-        """(plan, status) of another live subscription of the account, the latest one."""
+    ) -> tuple[str, str, str] | None:
+        """(plan, status, id) of another live subscription of the account, the latest one."""
         row = (
             await self._conn.execute(
                 OTHER_LIVE_SUBSCRIPTION, {"account": account, "id": subscription_id}
             )
         ).first()
-        return (str(row[0]), str(row[1])) if row is not None else None
+        return (str(row[0]), str(row[1]), str(row[2])) if row is not None else None
 
     async def refunded_so_far(self, charge_id: str) -> Decimal:
         """What refunds of the charge the ledger already holds."""
         row = (await self._conn.execute(REFUNDED_SO_FAR, {"object_id": charge_id})).one()
         return Decimal(row[0])
+
+    async def payment_of_intent(self, payment_intent: str) -> IntentPayment | None:
+        """The payment the ledger holds for a Stripe payment intent (the first, if several)."""
+        row = (await self._conn.execute(PAYMENT_OF_INTENT, {"intent": payment_intent})).first()
+        if row is None:
+            return None
+        return IntentPayment(account=str(row[0]), object_id=str(row[1]), details=dict(row[2]))
