@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     def _lowercase_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("stripe_api_key", "stripe_webhook_secret", "api_token_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``BILLING_STRIPE_API_KEY=`` (empty) turns the feature off, as leaving it unset
+        does: every part of the worker agrees on whether it is on."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: SecretStr) -> SecretStr:

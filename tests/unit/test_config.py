@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from billing_worker.config import ConfigError, load_settings
+from billing_worker.config import ConfigError, Settings, load_settings
 from billing_worker.entrypoints.cli import main
 
 
@@ -88,3 +88,11 @@ def test_cli_exits_2_with_the_variable_on_bad_config(
     monkeypatch.setenv("BILLING_HTTP_PORT", "not-a-port")
     assert main(["run"]) == 2
     assert "BILLING_HTTP_PORT" in capsys.readouterr().err
+
+
+def test_an_empty_secret_is_the_same_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BILLING_STRIPE_API_KEY= (empty) turns Stripe off for every part, as unset does."""
+    monkeypatch.setenv("BILLING_STRIPE_API_KEY", "")
+    monkeypatch.setenv("BILLING_STRIPE_WEBHOOK_SECRET", "  ")
+    settings = Settings()
+    assert (settings.stripe_api_key, settings.stripe_webhook_secret) == (None, None)
