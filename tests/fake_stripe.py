@@ -6,7 +6,9 @@ Routes: ``POST /v1/invoices``, ``GET /v1/invoices`` (``customer`` filter, pagina
 a ``subscription`` when no invoice is given), ``GET /v1/invoiceitems``
 (``invoice``/``customer``/``pending`` filters, pagination), ``POST
 /v1/invoices/{id}/finalize``, ``GET /v1/invoice_payments`` (``invoice`` filter), ``GET
-/v1/refunds`` (``payment_intent``/``charge`` filters) and ``GET /v1/subscriptions/{id}``.
+/v1/refunds`` (``payment_intent``/``charge`` filters), ``GET /v1/subscriptions/{id}``, and
+``POST /v1/checkout/sessions`` / ``POST /v1/billing_portal/sessions`` (made in
+``tests/fake_stripe_sessions.py``; Checkout sells only the ids in ``prices``).
 Bodies are form-encoded as the SDK sends them (``metadata[billing_invoice_id]=...``);
 answers are JSON shaped like Stripe's objects of the 2026 API (an item's subscription under
 ``parent.subscription_details``, and also at the top as before 2025; an invoice's payments
@@ -55,6 +57,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from tests.clock import unix_now
+from tests.fake_stripe_sessions import create_checkout_session, create_portal_session
 
 DEFAULT_API_KEY = "sk_test_fake_0123456789abcdef"
 
@@ -68,6 +71,8 @@ ROUTES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ("GET", "GET /v1/invoice_payments", re.compile(r"^/v1/invoice_payments$")),
     ("GET", "GET /v1/refunds", re.compile(r"^/v1/refunds$")),
     ("GET", "GET /v1/subscriptions/{id}", re.compile(r"^/v1/subscriptions/([^/]+)$")),
+    ("POST", "POST /v1/checkout/sessions", re.compile(r"^/v1/checkout/sessions$")),
+    ("POST", "POST /v1/billing_portal/sessions", re.compile(r"^/v1/billing_portal/sessions$")),
 )
 
 
@@ -132,6 +137,10 @@ class FakeStripe:
         self.customers: set[str] = set(customers)
         self.subscriptions: dict[str, str] = {}
         """Subscription id -> its customer: what pending invoice items may be put on."""
+        self.prices: set[str] = set()
+        """Price ids Checkout Sessions may sell."""
+        self.checkout_sessions: list[dict[str, Any]] = []
+        """Every Checkout Session made, oldest first."""
         self.echo_api_key_in_errors = False
         self.requests: list[RecordedRequest] = []
         self._invoices: dict[str, dict[str, Any]] = {}
@@ -528,8 +537,8 @@ class FakeStripe:
         self, route: str, match: re.Match[str], params: dict[str, Any]
     ) -> tuple[int, dict[str, Any], bool]:
         """``(status, body, executed)``: ``executed`` False for a validation refusal."""
-        if route == "POST /v1/invoices":
-            return self._create_invoice(params)
+        if route == "POST /v1/invoices" or route.endswith("/sessions"):
+            return self._create_top_level(route, params)
         customer = params.get("customer")
         if route.startswith("GET") and customer is not None and customer not in self.customers:
             return _refusal("resource_missing", f"No such customer: '{customer}'", param="customer")
@@ -540,6 +549,23 @@ class FakeStripe:
         if route.endswith("{id}"):
             return self._retrieve(route, match.group(1))
         return 200, _page(route.removeprefix("GET "), self._listed(route, params), params), True
+
+    def _create_top_level(
+        self, route: str, params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], bool]:
+        """An invoice, a Checkout Session or a portal session."""
+        if route == "POST /v1/invoices":
+            return self._create_invoice(params)
+        if route == "POST /v1/billing_portal/sessions":
+            return create_portal_session(
+                params, customers=self.customers, created=next(self._clock)
+            )
+        answer = create_checkout_session(
+            params, prices=self.prices, customers=self.customers, created=next(self._clock)
+        )
+        if answer[2]:
+            self.checkout_sessions.append(answer[1])
+        return answer
 
     def _listed(self, route: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """What a list route finds, before paging, for its filters."""

@@ -19,7 +19,13 @@ from prometheus_client import (
 from sqlalchemy import text
 
 from billing_worker import __version__
-from billing_worker.api import routes_accounts, routes_billing, routes_events, routes_writes
+from billing_worker.api import (
+    routes_accounts,
+    routes_billing,
+    routes_events,
+    routes_stripe,
+    routes_writes,
+)
 from billing_worker.api.context import ApiContext
 from billing_worker.api.problems import (
     ERROR_RESPONSES,
@@ -101,6 +107,7 @@ def create_app(ctx: ApiContext, registry: CollectorRegistry | None = None) -> Fa
         routes_billing.router,
         routes_events.router,
         routes_writes.router,
+        routes_stripe.router,
     ):
         app.include_router(router, responses=ERROR_RESPONSES)
     _add_probes(app, ctx, metrics)

@@ -209,3 +209,33 @@ class BillingApi:
             "POST", f"/v1/accounts/{account}/portal-tokens", json={"ttl_seconds": ttl_seconds}
         )
         return result
+
+    async def checkout_session(
+        self,
+        account: str,
+        *,
+        success_url: str,
+        cancel_url: str,
+        plan: str | None = None,
+        price_id: str | None = None,
+        quantity: int = 1,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """A Stripe Checkout Session selling ``plan`` or ``price_id`` to ``account``:
+        ``{"id", "url", "mode"}``; send the customer to ``url``."""
+        body: dict[str, Any] = {"success_url": success_url, "cancel_url": cancel_url}
+        body |= {"plan": plan} if plan is not None else {"price_id": price_id}
+        if quantity != 1:
+            body["quantity"] = quantity
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/accounts/{account}/checkout-sessions", json=body, headers=headers
+        )
+        return result
+
+    async def portal_session(self, account: str, *, return_url: str) -> dict[str, Any]:
+        """Stripe's customer portal for ``account``'s customer: ``{"url"}``."""
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/accounts/{account}/portal-sessions", json={"return_url": return_url}
+        )
+        return result

@@ -36,6 +36,8 @@ ROUTES = {
     ("PUT", "/v1/accounts/{account}/plan"): ("write", False),
     ("POST", "/v1/accounts/{account}/credits"): ("write", False),
     ("POST", "/v1/accounts/{account}/portal-tokens"): ("write", False),
+    ("POST", "/v1/accounts/{account}/checkout-sessions"): ("write", False),
+    ("POST", "/v1/accounts/{account}/portal-sessions"): ("write", False),
     ("POST", "/v1/invoices/{invoice_id}/{action}"): ("admin", False),
 }
 WEAKER = {
