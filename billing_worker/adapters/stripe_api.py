@@ -56,7 +56,7 @@ import stripe
 
 from billing_worker.adapters.stripe_client import stripe_client
 from billing_worker.adapters.stripe_push import InvoicePush
-from billing_worker.adapters.stripe_sync_model import (
+from billing_worker.service.stripe_sync_requests import (
     METADATA_INVOICE_ID,
     METADATA_LINE_NO,
     PermanentStripeError,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from billing_worker.adapters.stripe_sync_model import (
+from billing_worker.service.stripe_sync_requests import (
     METADATA_INVOICE_ID,
     METADATA_LINE_NO,
     PermanentStripeError,

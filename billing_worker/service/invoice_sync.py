@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from billing_worker.domain.pricebook import UsageBilling
 from billing_worker.domain.rating import minor_unit_places
 from billing_worker.service.ports import UnitOfWorkFactory
+from billing_worker.service.stripe_sync_requests import (
+    PermanentStripeError,
+    SyncInvoice,
+    SyncLine,
+    TransientStripeError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +31,7 @@ log = structlog.get_logger(__name__)
 class Pusher(Protocol):
     """What pushes one invoice to Stripe (``StripeInvoiceSync``)."""
 
-    async def push(self, invoice: Any) -> str | None:
+    async def push(self, invoice: SyncInvoice) -> str | None:
         """Create, fill and finalize the Stripe invoice and return its id; or, for an
         invoice naming a subscription, add its lines as pending items there (None)."""
         ...
@@ -64,13 +70,6 @@ async def sync_invoices(
     invoice items (its next invoice charges them, with its own fee, once); otherwise
     they make a Stripe invoice of their own.
     """
-    from billing_worker.adapters.stripe_api import (  # noqa: PLC0415 - only with a key
-        PermanentStripeError,
-        SyncInvoice,
-        SyncLine,
-        TransientStripeError,
-    )
-
     pushed = retry = failed = 0
     for _ in range(limit):
         async with uow_factory() as uow:
