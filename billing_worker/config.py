@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     api_token_secret: SecretStr | None = None
     api_max_body_bytes: int = Field(default=4 * 1_048_576, ge=1024, le=256 * 1_048_576)
+    seller_name: str = Field(default="", max_length=200)
+    seller_address: str = Field(default="", max_length=1000)
+    """Lines separated by ``|`` (or newlines)."""
+    seller_tax_id: str = Field(default="", max_length=100)
+    seller_logo: Path | None = None
+    """A PNG or JPEG printed at the top of invoice PDFs."""
     clock_offset_seconds: float = Field(default=0.0, ge=-MAX_CLOCK_OFFSET, le=MAX_CLOCK_OFFSET)
     """Shift the worker's clock (tests and rehearsals of another day; 0 in production)."""
 
@@ -73,6 +79,19 @@ class Settings(BaseSettings):
         does: every part of the worker agrees on whether it is on."""
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("seller_logo")
+    @classmethod
+    def _readable_image(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value):
+            return None
+        try:
+            head = value.read_bytes()[:8]
+        except OSError as exc:
+            raise ValueError(f"can't read {value}: {exc.strerror or exc}") from None
+        if not head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
+            raise ValueError(f"{value} is not a PNG or JPEG image")
         return value
 
     @field_validator("database_url")
@@ -104,6 +123,12 @@ class Settings(BaseSettings):
             ),
         ]
         return [unquote(v) for v in values if v]
+
+    @property
+    def seller_address_lines(self) -> tuple[str, ...]:
+        """The seller's address, one line each."""
+        lines = self.seller_address.replace("\n", "|").split("|")
+        return tuple(line.strip() for line in lines if line.strip())
 
     @property
     def clock(self) -> SystemClock:

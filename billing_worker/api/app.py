@@ -22,6 +22,7 @@ from billing_worker import __version__
 from billing_worker.api import (
     routes_accounts,
     routes_billing,
+    routes_documents,
     routes_events,
     routes_stripe,
     routes_writes,
@@ -105,6 +106,7 @@ def create_app(ctx: ApiContext, registry: CollectorRegistry | None = None) -> Fa
     for router in (
         routes_accounts.router,
         routes_billing.router,
+        routes_documents.router,
         routes_events.router,
         routes_writes.router,
         routes_stripe.router,

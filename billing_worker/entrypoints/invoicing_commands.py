@@ -1,16 +1,20 @@
 """Operator commands for periods and invoices: ``close-periods``, ``invoice show``
-(``--explain``), ``invoice void``, ``invoice mark-uncollectible``, ``report``."""
+(``--explain``), ``invoice pdf``, ``invoice void``, ``invoice mark-uncollectible``,
+``report``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing_worker.adapters.invoice_pdf import Seller, render_invoice_pdf
 from billing_worker.adapters.postgres.invoice_document import invoice_document
 from billing_worker.adapters.postgres.reports import period_report
 from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
@@ -44,6 +48,9 @@ def add_invoicing_commands(commands: Any) -> None:
         "--explain", action="store_true", help="list the ledger entries behind each line"
     )
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    pdf = actions.add_parser("pdf", help="the invoice as a PDF file (as the HTTP API serves it)")
+    pdf.add_argument("invoice_id")
+    pdf.add_argument("-o", "--output", required=True, type=Path, help="where to write it")
     finalize = actions.add_parser(
         "finalize",
         help="move a draft invoice (BILLING_INVOICE_REVIEW) to open: it is announced "
@@ -69,7 +76,7 @@ def _month(value: str) -> datetime:
 async def run_invoicing_command(args: argparse.Namespace, settings: Settings) -> int:
     """Dispatch; return the exit status. ``invoice show`` and ``report`` only read."""
     book = configured_pricebook(settings)
-    reads_only = args.command == "report" or getattr(args, "action", None) == "show"
+    reads_only = args.command == "report" or getattr(args, "action", None) in ("show", "pdf")
     async with command_database(settings, book, writes=not reads_only) as engine:
         return await _run(args, settings, book, engine)
 
@@ -110,6 +117,8 @@ async def _run(
         return await show_invoice(
             engine, book, args.invoice_id, explain=args.explain, as_json=args.json, out=out
         )
+    if args.action == "pdf":
+        return await write_invoice_pdf(engine, book, settings, args.invoice_id, args.output)
     status = {"void": "void", "finalize": "open"}.get(args.action, "uncollectible")
     try:
         before, after = await move_invoice(
@@ -119,6 +128,27 @@ async def _run(
         sys.stderr.write(f"billing-worker: {exc.detail}\n")
         return 1
     out.write(f"{args.invoice_id}: {before} -> {after}\n")
+    return 0
+
+
+async def write_invoice_pdf(
+    engine: AsyncEngine, book: PriceBook, settings: Settings, invoice_id: str, output: Path
+) -> int:
+    """Write the invoice's PDF to ``output``: exit status 0, nothing on stdout and a line
+    on stderr naming the file; 1 when there is no such invoice or the file can't be
+    written."""
+    async with engine.connect() as conn:
+        document = await invoice_document(conn, book, invoice_id, explain=False)
+    if document is None:
+        sys.stderr.write(f"billing-worker: no invoice {invoice_id!r}\n")
+        return 1
+    body = render_invoice_pdf(document, Seller.from_settings(settings))
+    try:
+        await asyncio.to_thread(output.write_bytes, body)
+    except OSError as exc:
+        sys.stderr.write(f"billing-worker: can't write {output}: {exc.strerror or exc}\n")
+        return 1
+    sys.stderr.write(f"wrote {output} ({len(body):,} bytes)\n")
     return 0
 
 

@@ -67,7 +67,13 @@ class InvoiceStore(Protocol):
         ...
 
     async def insert(
-        self, invoice_id: str, draft: InvoiceDraft, *, status: str, last_entry_id: int | None
+        self,
+        invoice_id: str,
+        draft: InvoiceDraft,
+        *,
+        status: str,
+        last_entry_id: int | None,
+        closed_at: datetime,
     ) -> bool:
         """Write the invoice and its lines; False if the period was invoiced already."""
         ...

@@ -129,7 +129,11 @@ async def close_period(
         )
         invoice_id = invoice_id_for(account, period)
         if not await uow.invoices.insert(
-            invoice_id, draft, status="draft" if review else "open", last_entry_id=watermark
+            invoice_id,
+            draft,
+            status="draft" if review else "open",
+            last_entry_id=watermark,
+            closed_at=now,
         ):
             return None
         await uow.accounts.append_entry(

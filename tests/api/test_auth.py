@@ -28,6 +28,7 @@ ROUTES = {
     ("GET", "/v1/accounts/{account}/payments"): ("read", True),
     ("GET", "/v1/accounts/{account}/invoices/upcoming"): ("read", True),
     ("GET", "/v1/invoices/{invoice_id}"): ("read", True),
+    ("GET", "/v1/invoices/{invoice_id}/pdf"): ("read", True),
     ("GET", "/v1/reports/{month}"): ("read", False),
     ("GET", "/v1/events/{source}/{event_id}"): ("read", False),
     ("POST", "/v1/quota/check"): ("read", False),

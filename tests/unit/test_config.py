@@ -96,3 +96,25 @@ def test_an_empty_secret_is_the_same_as_unset(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("BILLING_STRIPE_WEBHOOK_SECRET", "  ")
     settings = Settings()
     assert (settings.stripe_api_key, settings.stripe_webhook_secret) == (None, None)
+
+
+def test_the_seller_logo_must_be_a_readable_image(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A missing file or one that is no PNG/JPEG is a configuration error naming the
+    variable; a PNG is taken; the address splits on | into lines."""
+    monkeypatch.setenv("BILLING_SELLER_LOGO", str(tmp_path / "missing.png"))
+    with pytest.raises(ConfigError, match="BILLING_SELLER_LOGO: can't read"):
+        load_settings()
+    text = tmp_path / "logo.txt"
+    text.write_text("not an image")
+    monkeypatch.setenv("BILLING_SELLER_LOGO", str(text))
+    with pytest.raises(ConfigError, match="is not a PNG or JPEG"):
+        load_settings()
+    png = tmp_path / "logo.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(16))
+    monkeypatch.setenv("BILLING_SELLER_LOGO", str(png))
+    monkeypatch.setenv("BILLING_SELLER_ADDRESS", "Hauptstrasse 1 | 10115 Berlin|")
+    settings = load_settings()
+    assert settings.seller_logo == png
+    assert settings.seller_address_lines == ("Hauptstrasse 1", "10115 Berlin")

@@ -38,9 +38,9 @@ INVOICE_FOR = text("""
 INSERT_INVOICE = text("""
     INSERT INTO invoices (invoice_id, account_id, period_start, period_end, status, plan,
                           currency, subtotal, credits_applied, credits_shortfall, total,
-                          pricebook_version, last_entry_id)
+                          pricebook_version, last_entry_id, closed_at)
     VALUES (:id, :account, :start, :end, :status, :plan, :currency, :subtotal, :credits,
-            :shortfall, :total, :version, :last_entry_id)
+            :shortfall, :total, :version, :last_entry_id, :closed_at)
     ON CONFLICT (account_id, period_start) DO NOTHING
     RETURNING invoice_id
 """)
@@ -128,7 +128,13 @@ class PostgresInvoices(ClosingReads, SyncRecords):
         return str(row[0]) if row is not None else None
 
     async def insert(
-        self, invoice_id: str, draft: InvoiceDraft, *, status: str, last_entry_id: int | None
+        self,
+        invoice_id: str,
+        draft: InvoiceDraft,
+        *,
+        status: str,
+        last_entry_id: int | None,
+        closed_at: datetime,
     ) -> bool:
         """Write the invoice and its lines; False if the period was invoiced already."""
         inserted = (
@@ -148,6 +154,7 @@ class PostgresInvoices(ClosingReads, SyncRecords):
                     "total": draft.total,
                     "version": draft.pricebook_version,
                     "last_entry_id": last_entry_id,
+                    "closed_at": closed_at,
                 },
             )
         ).first()
