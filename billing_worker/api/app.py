@@ -24,6 +24,7 @@ from billing_worker.api import (
     routes_billing,
     routes_documents,
     routes_events,
+    routes_portal,
     routes_stripe,
     routes_writes,
 )
@@ -71,6 +72,7 @@ def create_app(ctx: ApiContext, registry: CollectorRegistry | None = None) -> Fa
         redoc_url=None,
     )
     app.state.ctx = ctx
+    app.state.portal_settings = routes_portal.load_portal_settings()
     metrics = HttpMetrics(registry or CollectorRegistry())
     app.state.metrics = metrics
     install_problem_handlers(app)
@@ -110,6 +112,7 @@ def create_app(ctx: ApiContext, registry: CollectorRegistry | None = None) -> Fa
         routes_events.router,
         routes_writes.router,
         routes_stripe.router,
+        routes_portal.router,
     ):
         app.include_router(router, responses=ERROR_RESPONSES)
     _add_probes(app, ctx, metrics)

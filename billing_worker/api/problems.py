@@ -22,6 +22,7 @@ TITLES = {
     415: "Unsupported media type",
     422: "Unprocessable content",
     429: "Too many requests",
+    502: "Bad gateway",
     503: "Service unavailable",
 }
 

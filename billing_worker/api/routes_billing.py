@@ -6,7 +6,7 @@ import math
 import re
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
@@ -16,8 +16,9 @@ from billing_worker.adapters.postgres.account_store import PostgresAccounts, Pos
 from billing_worker.adapters.postgres.invoice_document import invoice_document
 from billing_worker.adapters.postgres.reports import period_report
 from billing_worker.adapters.pricebook_summary import describe_pricebook
+from billing_worker.api.auth import Caller
 from billing_worker.api.context import AccountReader as InvoiceReader
-from billing_worker.api.context import Admin, Context, Reader, owns
+from billing_worker.api.context import Admin, ApiContext, Context, Reader, owns
 from billing_worker.api.documents import draft_document
 from billing_worker.api.problems import Problem
 from billing_worker.consumers.quota_check import parse_quota_request
@@ -62,13 +63,7 @@ async def get_invoice(invoice_id: InvoiceId, who: InvoiceReader, ctx: Context) -
     return document
 
 
-@router.post("/v1/invoices/{invoice_id}/{action}", summary="Finalize, void or mark uncollectible")
-async def move(
-    invoice_id: InvoiceId,
-    action: Literal["finalize", "void", "mark-uncollectible"],
-    who: Admin,
-    ctx: Context,
-) -> dict[str, Any]:
+async def _move(invoice_id: str, action: str, who: Caller, ctx: ApiContext) -> dict[str, Any]:
     """As the CLI's ``invoice finalize|void|mark-uncollectible``: a ledger entry each."""
     try:
         before, after = await move_invoice(
@@ -84,6 +79,24 @@ async def move(
     except InvalidTransition as exc:
         raise Problem(409, exc.detail) from exc
     return {"id": invoice_id, "from": before, "to": after}
+
+
+@router.post("/v1/invoices/{invoice_id}/finalize", summary="Finalize a draft invoice")
+async def finalize(invoice_id: InvoiceId, who: Admin, ctx: Context) -> dict[str, Any]:
+    """A draft (BILLING_INVOICE_REVIEW) becomes open: announced and pushed to Stripe."""
+    return await _move(invoice_id, "finalize", who, ctx)
+
+
+@router.post("/v1/invoices/{invoice_id}/void", summary="Void an invoice")
+async def void(invoice_id: InvoiceId, who: Admin, ctx: Context) -> dict[str, Any]:
+    """As ``invoice void``: the invoice stays, marked void, with a ledger entry."""
+    return await _move(invoice_id, "void", who, ctx)
+
+
+@router.post("/v1/invoices/{invoice_id}/mark-uncollectible", summary="Mark uncollectible")
+async def mark_uncollectible(invoice_id: InvoiceId, who: Admin, ctx: Context) -> dict[str, Any]:
+    """As ``invoice mark-uncollectible``."""
+    return await _move(invoice_id, "mark-uncollectible", who, ctx)
 
 
 @router.get("/v1/reports/{month}", summary="Revenue and invoices of a month")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from billing_worker.adapters.postgres.stripe_reads import account_stripe
 from billing_worker.adapters.stripe_sessions import StripeSessionError, StripeSessions
 from billing_worker.api.context import ApiContext, Context, Writer
-from billing_worker.api.problems import Problem
+from billing_worker.api.problems import PROBLEM_JSON, PROBLEM_SCHEMA, Problem
 from billing_worker.service.stripe_sessions import (
     CheckoutRefused,
     CheckoutRequest,
@@ -20,7 +20,16 @@ from billing_worker.service.stripe_sessions import (
     stripe_price_of,
 )
 
-router = APIRouter(prefix="/v1/accounts/{account}", tags=["stripe"])
+router = APIRouter(
+    prefix="/v1/accounts/{account}",
+    tags=["stripe"],
+    responses={
+        502: {
+            "description": "Stripe could not be reached or failed",
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+        }
+    },
+)
 
 AccountId = Annotated[str, Path(min_length=1, max_length=256)]
 Url = Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2048)]

@@ -27,6 +27,7 @@ ROUTES = {
     ("GET", "/v1/accounts/{account}/invoices"): ("read", True),
     ("GET", "/v1/accounts/{account}/payments"): ("read", True),
     ("GET", "/v1/accounts/{account}/invoices/upcoming"): ("read", True),
+    ("GET", "/v1/portal/me"): ("read", True),
     ("GET", "/v1/invoices/{invoice_id}"): ("read", True),
     ("GET", "/v1/invoices/{invoice_id}/pdf"): ("read", True),
     ("GET", "/v1/reports/{month}"): ("read", False),
@@ -39,7 +40,9 @@ ROUTES = {
     ("POST", "/v1/accounts/{account}/portal-tokens"): ("write", False),
     ("POST", "/v1/accounts/{account}/checkout-sessions"): ("write", False),
     ("POST", "/v1/accounts/{account}/portal-sessions"): ("write", False),
-    ("POST", "/v1/invoices/{invoice_id}/{action}"): ("admin", False),
+    ("POST", "/v1/invoices/{invoice_id}/finalize"): ("admin", False),
+    ("POST", "/v1/invoices/{invoice_id}/void"): ("admin", False),
+    ("POST", "/v1/invoices/{invoice_id}/mark-uncollectible"): ("admin", False),
 }
 WEAKER = {
     "read": ["ingest"],

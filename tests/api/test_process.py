@@ -24,6 +24,8 @@ from billing_worker.api.app import create_app
 from tests.clock import child_env
 from tests.conftest import AMQP_URL, admin, database_url_for, drop_database
 from tests.e2e.conftest import free_port, http_get
+from tests.fake_stripe import FakeStripe
+from tests.pricebooks import DEFAULT_BOOK
 
 pytestmark = pytest.mark.slow
 
@@ -59,39 +61,43 @@ def api_process(
     url = database_url_for(name)
     port = free_port()
     log = tmp_path_factory.mktemp("api") / "api.log"
-    made = cli(url, "api-key", "create", "fuzz", "--scope", "admin", "--json")
-    assert made.returncode == 0, made.stderr
-    key = json.loads(made.stdout)["key"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "billing_worker", "api"],
-            env=child_env(
-                BILLING_DATABASE_URL=url,
-                BILLING_AMQP_URL=AMQP_URL,
-                BILLING_NAMESPACE=f"t{uuid.uuid4().hex[:10]}",
-                BILLING_API_HOST="127.0.0.1",
-                BILLING_API_PORT=str(port),
-                BILLING_API_TOKEN_SECRET="fuzz-secret",  # noqa: S106 - a test's own
-            ),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if http_get(f"{base}/readyz")[0] == 200:
-                break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"the API did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    yield ApiProcess(base, key, process, log)
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    drop_database(name)
+    with FakeStripe() as stripe:  # the Stripe session routes talk to it
+        stripe.prices |= set(DEFAULT_BOOK.stripe_prices)
+        made = cli(url, "api-key", "create", "fuzz", "--scope", "admin", "--json")
+        assert made.returncode == 0, made.stderr
+        key = json.loads(made.stdout)["key"]
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "billing_worker", "api"],
+                env=child_env(
+                    BILLING_DATABASE_URL=url,
+                    BILLING_AMQP_URL=AMQP_URL,
+                    BILLING_NAMESPACE=f"t{uuid.uuid4().hex[:10]}",
+                    BILLING_API_HOST="127.0.0.1",
+                    BILLING_API_PORT=str(port),
+                    BILLING_API_TOKEN_SECRET="fuzz-secret",  # noqa: S106 - a test's own
+                    BILLING_STRIPE_API_KEY=stripe.api_key,
+                    BILLING_STRIPE_API_BASE=stripe.base_url,
+                ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http_get(f"{base}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the API did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield ApiProcess(base, key, process, log)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        drop_database(name)
 
 
 def test_keys_from_the_cli_open_the_api(api_process: ApiProcess) -> None:

@@ -93,6 +93,14 @@ def pdftotext(pdf: bytes) -> str:
     return done.stdout.decode()
 
 
+def a_logo() -> Path:
+    """A small PNG to print as the seller's logo."""
+    logo = ARTIFACTS / "logo.png"
+    logo.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (120, 40), (30, 90, 160)).save(logo)
+    return logo
+
+
 def words(text: str) -> str:
     return " ".join(text.split())
 
@@ -178,9 +186,7 @@ async def test_the_same_invoice_gives_the_same_bytes(engine: AsyncEngine) -> Non
     """Two renders, with a logo, are byte for byte equal; the creation date is the
     invoice's close, not the time of rendering."""
     document = await closed_november(engine, book_in("usd"))
-    logo = ARTIFACTS / "logo.png"
-    logo.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (120, 40), (30, 90, 160)).save(logo)
+    logo = a_logo()
     seller = Seller(SELLER.name, SELLER.address, SELLER.tax_id, logo)
     first = render_invoice_pdf(document, seller)
     assert first == render_invoice_pdf(dict(document), seller)
@@ -196,19 +202,24 @@ async def test_non_latin_text_never_breaks_the_pdf(engine: AsyncEngine) -> None:
     assert "Account acct_?? - café ->" in text
 
 
-async def test_page_one_renders_to_a_picture(engine: AsyncEngine) -> None:
-    """pdftoppm turns page 1 into a PNG (kept under the test artifacts to look at)."""
-    document = await closed_november(engine, book_in("usd"))
+def picture_of_page_one(pdf_bytes: bytes) -> Path:
+    """Page 1 as a PNG under the test artifacts (and the PDF beside it), by pdftoppm."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     pdf = ARTIFACTS / "invoice.pdf"
-    pdf.write_bytes(render_invoice_pdf(document, SELLER))
+    pdf.write_bytes(pdf_bytes)
     tool = shutil.which("pdftoppm")
     assert tool, "pdftoppm (Debian's poppler-utils) is needed; .ci/run installs it"
     subprocess.run(
         [tool, "-png", "-r", "80", "-f", "1", "-l", "1", "-singlefile", pdf, ARTIFACTS / "invoice"],
         check=True,
     )
-    with Image.open(ARTIFACTS / "invoice.png") as page:
+    return ARTIFACTS / "invoice.png"
+
+
+async def test_page_one_renders_to_a_picture(engine: AsyncEngine) -> None:
+    """pdftoppm turns page 1 into a PNG (kept under the test artifacts to look at)."""
+    document = await closed_november(engine, book_in("usd"))
+    with Image.open(picture_of_page_one(render_invoice_pdf(document, SELLER))) as page:
         assert page.size == (662, 936)  # A4 (210 x 297 mm) at 80 dpi
         assert page.getextrema() != ((255, 255), (255, 255), (255, 255))  # not blank
 
