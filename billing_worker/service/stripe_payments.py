@@ -228,12 +228,22 @@ async def _record_stripe_invoice(
     currency = event.obj.get("currency")
     tax = invoice_tax_minor(event.obj)
     total = event.obj.get("total")
-    await uow.invoices.record_stripe_invoice(
+    recorded = await uow.invoices.record_stripe_invoice(
         invoice_id,
         str(event.object_id),
         tax=major_units(tax, currency)[0] if tax is not None and tax >= 0 else None,
         total=major_units(total, currency)[0] if isinstance(total, int) and total >= 0 else None,
     )
+    if not recorded:
+        # ours is billed by another Stripe invoice: a stray copy of our item must not
+        # move it (reconcile stripe reports the stray)
+        log.warning(
+            "stripe_invoice_not_ours",
+            invoice=invoice_id,
+            stripe_invoice=event.object_id,
+            reason="billed by another Stripe invoice",
+        )
+        return
     status = "paid" if event.event_type == "invoice.paid" else "open"
     await _follow_stripe(uow, book, invoice_id, status=status, event=event, now=now)
 

@@ -178,3 +178,21 @@ async def test_automatic_tax_is_asked_for_on_the_invoices_the_sync_creates(
     assert (await sync_invoices(uow_of(engine), pusher, automatic_tax=True)).pushed == 1
     (create,) = fake.requests_to("POST /v1/invoices")
     assert create.params["automatic_tax"] == {"enabled": "true"}
+
+
+async def test_a_second_stripe_invoice_naming_ours_does_not_move_it(
+    engine: AsyncEngine, sql: psycopg.Connection, fake: FakeStripe
+) -> None:
+    """Once the renewal in_renewal1 bills our invoice, another paid Stripe invoice whose
+    line carries our id (a stray copy) neither re-links nor pays ours."""
+    await december_on_a_subscription(engine, fake)
+    first = renewal("new", status="open", tax=None)
+    event = fixture_event("new", "invoice.finalized", first, created=int(JAN.timestamp()) + 60)
+    assert await apply(engine, event, JAN + timedelta(days=1)) == StripeOutcome.APPLIED
+    stray = renewal("new", status="paid", tax=None)
+    stray["id"] = "in_stray"
+    event = fixture_event("new", "invoice.paid", stray, created=int(JAN.timestamp()) + 120)
+    assert await apply(engine, event, JAN + timedelta(days=1)) == StripeOutcome.APPLIED
+    assert sql.execute(
+        "SELECT status, stripe_invoice_id FROM invoices WHERE invoice_id = %s", (OURS,)
+    ).fetchone() == ("open", "in_renewal1")
