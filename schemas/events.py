@@ -312,6 +312,11 @@ class InvoiceReadyData(_Payload):
     )
     currency: CurrencyCode = Field(description="Lower-case ISO 4217 code, e.g. usd.")
     pricebook_version: Name = Field(description="The price book the invoice was rated with.")
+    number: Name | None = Field(
+        default=None,
+        description="The invoice number, gap-free within the year of issue: "
+        "YYYY-NNNNNN (e.g. 2026-000042). Given when the invoice is issued (open).",
+    )
 
 
 DataT_co = TypeVar("DataT_co", bound=BaseModel, covariant=True)

@@ -92,11 +92,14 @@ def quantity(value: object) -> str:
     return sign + grouped + (f".{fraction}" if fraction else "")
 
 
-def render_invoice_pdf(document: Mapping[str, Any], seller: Seller) -> bytes:
-    """The PDF of ``document`` (``invoice_document()``'s output)."""
+def render_invoice_pdf(
+    document: Mapping[str, Any], seller: Seller, *, customer: str | None = None
+) -> bytes:
+    """The PDF of ``document`` (``invoice_document()``'s output), billed to its account and
+    ``customer``, the account's Stripe customer when it has one."""
     pdf = _Page(document)
     pdf.add_page()
-    _header(pdf, document, seller)
+    _header(pdf, document, seller, customer)
     _lines(pdf, document)
     _totals(pdf, document)
     pdf.page = 1  # the stamp goes over the first page, on top of everything
@@ -129,7 +132,7 @@ class _Page(FPDF):
         self.cell(0, 5, latin(words), align="C")
 
 
-def _header(pdf: _Page, document: Mapping[str, Any], seller: Seller) -> None:
+def _header(pdf: _Page, document: Mapping[str, Any], seller: Seller, customer: str | None) -> None:
     top = pdf.get_y()
     if seller.logo is not None:
         pdf.image(str(seller.logo), x=pdf.l_margin, y=top, h=14)
@@ -145,6 +148,7 @@ def _header(pdf: _Page, document: Mapping[str, Any], seller: Seller) -> None:
     below_seller = pdf.get_y()
     period = document["period"]
     facts = [
+        *([("Number", document["number"])] if document.get("number") else []),
         ("Invoice", document["invoice_id"]),
         ("Issued", str(document["closed_at"])[:10]),
         ("Period", f"{period['start'][:10]} to {period['end'][:10]}"),
@@ -166,6 +170,8 @@ def _header(pdf: _Page, document: Mapping[str, Any], seller: Seller) -> None:
     pdf.cell(0, 5, "Bill to", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("helvetica", size=9)
     pdf.cell(0, 5, latin(f"Account {document['account']}"), new_x="LMARGIN", new_y="NEXT")
+    if customer:
+        pdf.cell(0, 5, latin(f"Stripe customer {customer}"), new_x="LMARGIN", new_y="NEXT")
     if document.get("stripe_invoice_id"):
         pdf.set_text_color(*MUTED)
         words = f"Charged through Stripe invoice {document['stripe_invoice_id']}"

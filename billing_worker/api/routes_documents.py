@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from fastapi.responses import Response
 
 from billing_worker.adapters.invoice_pdf import Seller, render_invoice_pdf
 from billing_worker.adapters.postgres.invoice_document import invoice_document
+from billing_worker.adapters.postgres.stripe_reads import account_stripe
 from billing_worker.api.context import AccountReader, Context, owns
 from billing_worker.api.problems import Problem
 
@@ -29,10 +31,13 @@ async def get_invoice_pdf(invoice_id: InvoiceId, who: AccountReader, ctx: Contex
     read key or the portal token of the invoice's account."""
     async with ctx.engine.connect() as conn:
         document = await invoice_document(conn, ctx.book, invoice_id, explain=False)
-    if document is None:
-        raise Problem(404, f"no invoice {invoice_id!r}")
-    owns(who, document["account"])
-    body = render_invoice_pdf(document, Seller.from_settings(ctx.settings))
+        if document is None:
+            raise Problem(404, f"no invoice {invoice_id!r}")
+        owns(who, document["account"])
+        customer, _ = await account_stripe(conn, document["account"])
+    seller = Seller.from_settings(ctx.settings)
+    # rendering is CPU work of some milliseconds: off the event loop
+    body = await asyncio.to_thread(render_invoice_pdf, document, seller, customer=customer)
     filename = re.sub(r"[^A-Za-z0-9._-]", "_", invoice_id)
     return Response(
         body,

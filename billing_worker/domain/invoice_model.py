@@ -207,6 +207,8 @@ class StoredInvoice:
     """The tax Stripe computed on the invoice billing ours (Stripe Tax), once finalized."""
     stripe_total: Decimal | None = None
     """The total of that Stripe invoice (for a subscription's, its own fee included)."""
+    number: str | None = None
+    """The invoice number (``2026-000042``), given when it became ``open``; None for a draft."""
 
 
 def check_quantity(quantity: Decimal, what: str) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing_worker.adapters.invoice_pdf import Seller, render_invoice_pdf
 from billing_worker.adapters.postgres.invoice_document import invoice_document
 from billing_worker.adapters.postgres.reports import period_report
+from billing_worker.adapters.postgres.stripe_reads import account_stripe
 from billing_worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 from billing_worker.config import Settings
 from billing_worker.domain.periods import calendar_month_of
@@ -139,10 +140,11 @@ async def write_invoice_pdf(
     written."""
     async with engine.connect() as conn:
         document = await invoice_document(conn, book, invoice_id, explain=False)
-    if document is None:
-        sys.stderr.write(f"billing-worker: no invoice {invoice_id!r}\n")
-        return 1
-    body = render_invoice_pdf(document, Seller.from_settings(settings))
+        if document is None:
+            sys.stderr.write(f"billing-worker: no invoice {invoice_id!r}\n")
+            return 1
+        customer, _ = await account_stripe(conn, document["account"])
+    body = render_invoice_pdf(document, Seller.from_settings(settings), customer=customer)
     try:
         await asyncio.to_thread(output.write_bytes, body)
     except OSError as exc:
@@ -172,7 +174,9 @@ async def show_invoice(
         write_json(out, invoice)
         return 0
     out.write(
-        f"invoice {invoice['invoice_id']} — account {invoice['account']}, "
+        f"invoice {invoice['invoice_id']}"
+        + (f" (number {invoice['number']})" if invoice["number"] else "")
+        + f" — account {invoice['account']}, "
         f"{invoice['period']['start'][:10]} .. {invoice['period']['end'][:10]}, "
         f"plan {invoice['plan']}, {invoice['status']}, price book {invoice['pricebook_version']}\n"
     )

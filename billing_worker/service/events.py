@@ -168,7 +168,9 @@ def invoice_payment(
     return _outgoing(envelope_type(id=event_id, subject=account, time=at, data=data))
 
 
-def invoice_ready(invoice_id: str, draft: InvoiceDraft, *, at: datetime) -> OutgoingEvent:
+def invoice_ready(
+    invoice_id: str, draft: InvoiceDraft, *, at: datetime, number: str | None = None
+) -> OutgoingEvent:
     """``invoice.ready``; one per invoice, so its id names the invoice."""
     lines = [
         InvoiceLineData(
@@ -198,6 +200,7 @@ def invoice_ready(invoice_id: str, draft: InvoiceDraft, *, at: datetime) -> Outg
         billed_by_subscription=draft.billed_by_subscription,
         currency=draft.currency,
         pricebook_version=draft.pricebook_version,
+        number=number,
     )
     event_id = deterministic_event_id("invoice.ready", draft.account, invoice_id)
     return _outgoing(InvoiceReadyEvent(id=event_id, subject=draft.account, time=at, data=data))

@@ -82,6 +82,11 @@ class InvoiceStore(Protocol):
         """The stored invoice with its lines, as the close built it."""
         ...
 
+    async def assign_number(self, invoice_id: str, issued_at: datetime) -> str:
+        """Give the invoice the next number of ``issued_at``'s year (gap-free: the counter
+        is locked until the transaction ends, and a rollback gives the number back)."""
+        ...
+
     async def get(self, invoice_id: str, *, lock: bool = False) -> StoredInvoice | None:
         """The invoice."""
         ...

@@ -5,7 +5,8 @@ account hold a key-share lock on it until they commit, so when the lock is ours 
 ledger entry of the period is committed, and none can land until we commit); the
 invoice, its lines, an ``invoice_issued`` account-ledger entry and ``invoice.ready`` are
 written together; the unique (account, period) makes a second closer a no-op. A crash
-leaves nothing or the whole invoice.
+leaves nothing or the whole invoice. An invoice gets its number in the transaction that
+makes it ``open`` (the close, or a draft's finalize), so only drafts have none.
 """
 
 from __future__ import annotations
@@ -148,12 +149,14 @@ async def close_period(
             book.version,
             now,
         )
-        if not review:
-            await uow.outbox.add([invoice_ready(invoice_id, draft, at=now)])
         # what is left of the period's plan grants ends with the period's invoice: late usage
         # of it from now on is adjusted on the next invoice, not paid by them
         await uow.credits.end_plan_grants(account, period, period.end, book.version)
         await uow.schedule.advance(account, calendar)
+        if not review:
+            # numbered last: the year's counter is locked from here to the commit
+            number = await uow.invoices.assign_number(invoice_id, now)
+            await uow.outbox.add([invoice_ready(invoice_id, draft, at=now, number=number)])
         await uow.commit()
     return Closed(invoice_id, account, period, str(draft.total), draft.currency)
 
@@ -289,8 +292,8 @@ async def apply_invoice_status(
         now,
     )
     if invoice.status == "draft" and status == "open":
-        # finalized after review: announced now, exactly as a close without review would
-        await uow.outbox.add(
-            [invoice_ready(invoice_id, await uow.invoices.as_draft(invoice), at=now)]
-        )
+        # finalized after review: numbered and announced now, as a close without review is
+        number = await uow.invoices.assign_number(invoice_id, now)
+        draft = await uow.invoices.as_draft(invoice)
+        await uow.outbox.add([invoice_ready(invoice_id, draft, at=now, number=number)])
     return invoice.status, status

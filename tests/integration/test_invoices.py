@@ -365,6 +365,7 @@ async def test_review_closes_drafts_announced_only_when_finalized(
     reviewed, direct = announced["acct_r"], announced["acct_n"]
     assert reviewed.pop("invoice_id") == "inv-202610-acct_r"
     assert direct.pop("invoice_id") == "inv-202610-acct_n"
+    assert (direct.pop("number"), reviewed.pop("number")) == ("2026-000001", "2026-000002")
     assert reviewed == direct
     assert Decimal(reviewed["total"]) > 0
     moves = sql.execute(

@@ -69,6 +69,7 @@ async def invoice_document(
     document: dict[str, Any] = _plain(
         {
             "invoice_id": invoice.invoice_id,
+            "number": invoice.number,
             "account": invoice.account,
             "period": {"start": invoice.period.start, "end": invoice.period.end},
             "status": invoice.status,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -63,13 +63,28 @@ GET_INVOICE = text("""
     SELECT invoice_id, account_id, period_start, period_end, status, plan, currency,
            subtotal, credits_applied, credits_shortfall, total, pricebook_version,
            last_entry_id, closed_at, stripe_invoice_id, stripe_sync_error, stripe_sync_attempts,
-           stripe_sync_target, stripe_subscription_id, tax, stripe_total
+           stripe_sync_target, stripe_subscription_id, tax, stripe_total, number
     FROM invoices WHERE invoice_id = :id
 """)
 
 LOCK_INVOICE = text("SELECT status FROM invoices WHERE invoice_id = :id FOR UPDATE")
 
 SET_STATUS = text("UPDATE invoices SET status = :status WHERE invoice_id = :id")
+
+# The year's counter row stays locked until the transaction ends: numbers go out one at a
+# time, and a rollback gives its number back (see migration 0012).
+ASSIGN_NUMBER = text("""
+    WITH next AS (
+        INSERT INTO invoice_number_series AS s (year, last_number) VALUES (:year, 1)
+        ON CONFLICT (year) DO UPDATE SET last_number = s.last_number + 1
+        RETURNING last_number
+    )
+    UPDATE invoices
+    SET number = :year || '-' || lpad(next.last_number::text,
+                                      greatest(6, length(next.last_number::text)), '0')
+    FROM next WHERE invoice_id = :id AND number IS NULL
+    RETURNING number
+""")
 
 GET_LINES = text(f"""
     SELECT line_no, kind, description, meter,
@@ -198,16 +213,25 @@ class PostgresInvoices(ClosingReads, SyncRecords):
             return None
         (iid, account, start, end, status, plan, currency, subtotal, applied, short, total,
          version, last_entry_id, closed_at, stripe_id, stripe_error, attempts, target,
-         subscription, tax, stripe_total) = row  # fmt: skip
+         subscription, tax, stripe_total, number) = row  # fmt: skip
         return StoredInvoice(
             iid, account, BillingPeriod(start, end), status, plan, currency, subtotal,
             applied, short, total, version, last_entry_id, closed_at, stripe_id, stripe_error,
-            attempts, target, subscription, tax, stripe_total,
+            attempts, target, subscription, tax, stripe_total, number,
         )  # fmt: skip
 
     async def set_status(self, invoice_id: str, status: str) -> None:
         """Move the invoice to ``status`` (the caller writes the ledger entry)."""
         await self._conn.execute(SET_STATUS, {"id": invoice_id, "status": status})
+
+    async def assign_number(self, invoice_id: str, issued_at: datetime) -> str:
+        """Give the invoice the next number of ``issued_at``'s year; the counter row stays
+        locked until the transaction ends, so call this last before committing."""
+        year = issued_at.astimezone(UTC).year
+        row = (await self._conn.execute(ASSIGN_NUMBER, {"id": invoice_id, "year": year})).first()
+        if row is None:
+            raise ValueError(f"invoice {invoice_id} is missing or numbered already")
+        return str(row[0])
 
     async def as_draft(self, invoice: StoredInvoice) -> InvoiceDraft:
         """The stored invoice with its lines, as the close built it (tiers left out)."""
