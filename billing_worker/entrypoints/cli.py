@@ -126,7 +126,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: PLR0
     """Run the command ``args`` names; return its exit status."""
     command = args.command
     if command == "run":
-        from billing_worker.entrypoints.worker import serve
+        from billing_worker.entrypoints.worker_process import serve
 
         return event_loop_run(serve(settings, configured_pricebook(settings)))
     if command == "migrate":

@@ -120,7 +120,7 @@ def test_the_worker_and_the_api_never_load_the_tools() -> None:
     """Importing what `run`, `api` and `stripe-relay` run loads no bench or chaos module."""
     code = (
         "import sys\n"
-        "import billing_worker.entrypoints.cli, billing_worker.entrypoints.worker\n"
+        "import billing_worker.entrypoints.cli, billing_worker.entrypoints.worker_process\n"
         "import billing_worker.api.server, billing_worker.entrypoints.stripe_relay\n"
         "print(sorted(m for m in sys.modules if m.startswith(('billing_worker.bench', "
         "'billing_worker.chaos'))))\n"

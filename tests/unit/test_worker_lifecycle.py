@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from billing_worker.entrypoints.worker import _until_stopped
+from billing_worker.entrypoints.worker_process import _until_stopped
 
 
 class StubWorker:
