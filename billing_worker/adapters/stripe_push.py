@@ -60,81 +60,36 @@ class InvoicePush:
             return existing.id  # finalized by an earlier push: nothing left to do
         else:
             stripe_invoice = existing
-            present = self.items_already_on(existing.id)
-        for line in self.invoice.billable_lines:
-            if line.line_no in present:
-                if present.pop(line.line_no) != line.amount_minor:
-                    raise self.fail(
-                        f"create item for line {line.line_no}",
-                        f"the draft {stripe_invoice.id} already has line "
-                        f"{line.line_no} with another amount; not adding it again",
-                    )
-                continue
-            self.create_item(stripe_invoice.id, line)
-        if present:
-            raise self.fail(
-                "create items",
-                f"the draft {stripe_invoice.id} has lines {sorted(present)} that this "
-                "invoice does not bill; not finalizing it",
-            )
+            present = self.our_items({"invoice": existing.id})
+        self.add_missing(present, f"the draft {stripe_invoice.id}", stripe_invoice.id)
         return self.finalize(stripe_invoice.id)
 
     def add_pending(self) -> None:
         """Add each billable line as a pending item on the subscription, unless an item of
         this invoice and line is in Stripe already (pending or invoiced, under any key)."""
-        present = self.items_of_customer()
+        present = self.our_items({"customer": self.invoice.customer_id})
+        self.add_missing(present, "Stripe", None)
+
+    def add_missing(self, present: dict[int, int], holder: str, onto: str | None) -> None:
+        """Create an item for each billable line not in ``present`` (``line_no -> amount``
+        already in ``holder``), on the draft ``onto`` or, with None, pending on the
+        subscription; refuse a present line with another amount, or one we don't bill."""
         for line in self.invoice.billable_lines:
             if line.line_no in present:
                 if present.pop(line.line_no) != line.amount_minor:
                     raise self.fail(
-                        f"create pending item for line {line.line_no}",
-                        f"Stripe already has line {line.line_no} with another amount; "
+                        f"create item for line {line.line_no}",
+                        f"{holder} already has line {line.line_no} with another amount; "
                         "not adding it again",
                     )
                 continue
-            self.create_pending_item(line)
+            self.create_item(line, onto)
         if present:
             raise self.fail(
-                "create pending items",
-                f"Stripe holds items for lines {sorted(present)} that this invoice does not bill",
+                "create items",
+                f"{holder} has lines {sorted(present)} that this invoice does not bill; "
+                "not adding or finalizing it",
             )
-
-    def items_of_customer(self) -> dict[int, int]:
-        """``line_no -> amount`` of the customer's items that carry this invoice's id."""
-        ours = self.invoice.invoice_id
-
-        def listed() -> dict[int, int]:
-            page = self.client.v1.invoice_items.list(
-                params={"customer": self.invoice.customer_id, "limit": LIST_PAGE_SIZE}
-            )
-            return _our_lines(page.auto_paging_iter(), ours)
-
-        return self.call("list items", listed)
-
-    def create_pending_item(self, line: SyncLine) -> None:
-        invoice = self.invoice
-        subscription = str(invoice.subscription_id)
-        self.call(
-            f"create pending item for line {line.line_no}",
-            lambda: self.client.v1.invoice_items.create(
-                params={
-                    "customer": invoice.customer_id,
-                    "subscription": subscription,
-                    "amount": line.amount_minor,
-                    "currency": invoice.currency,
-                    "description": line.description,
-                    "period": {
-                        "start": int(invoice.period_start.timestamp()),
-                        "end": int(invoice.period_end.timestamp()),
-                    },
-                    "metadata": {
-                        METADATA_INVOICE_ID: invoice.invoice_id,
-                        METADATA_LINE_NO: str(line.line_no),
-                    },
-                },
-                options={"idempotency_key": pending_line_key(invoice.invoice_id, line.line_no)},
-            ),
-        )
 
     def find_existing(self) -> Invoice | None:
         """Our Stripe invoice, found by metadata (works after keys expire)."""
@@ -170,14 +125,14 @@ class InvoicePush:
             )
         return found
 
-    def items_already_on(self, stripe_invoice_id: str) -> dict[int, int]:
-        """``line_no -> amount`` of our items already on the draft ``stripe_invoice_id``."""
+    def our_items(self, where: dict[str, str]) -> dict[int, int]:
+        """``line_no -> amount`` of the items ``where`` selects (an ``invoice``, or a
+        ``customer``'s) that carry this invoice's id."""
         ours = self.invoice.invoice_id
 
         def listed() -> dict[int, int]:
-            page = self.client.v1.invoice_items.list(
-                params={"invoice": stripe_invoice_id, "limit": LIST_PAGE_SIZE}
-            )
+            params: Any = {**where, "limit": LIST_PAGE_SIZE}  # the SDK's TypedDict
+            page = self.client.v1.invoice_items.list(params=params)
             return _our_lines(page.auto_paging_iter(), ours)
 
         return self.call("list items", listed)
@@ -201,23 +156,37 @@ class InvoicePush:
             ),
         )
 
-    def create_item(self, stripe_invoice_id: str, line: SyncLine) -> None:
+    def create_item(self, line: SyncLine, onto: str | None) -> None:
+        """Line ``line`` as an item on the draft ``onto``, or with None pending on the
+        subscription (for the usage period), each under its own idempotency key."""
         invoice = self.invoice
+        where: dict[str, Any]
+        if onto is not None:
+            where, key = {"invoice": onto}, line_key(invoice.invoice_id, line.line_no)
+        else:
+            where = {
+                "subscription": str(invoice.subscription_id),
+                "period": {
+                    "start": int(invoice.period_start.timestamp()),
+                    "end": int(invoice.period_end.timestamp()),
+                },
+            }
+            key = pending_line_key(invoice.invoice_id, line.line_no)
+        params: Any = {  # the SDK's TypedDict
+            "customer": invoice.customer_id,
+            **where,
+            "amount": line.amount_minor,
+            "currency": invoice.currency,
+            "description": line.description,
+            "metadata": {
+                METADATA_INVOICE_ID: invoice.invoice_id,
+                METADATA_LINE_NO: str(line.line_no),
+            },
+        }
         self.call(
             f"create item for line {line.line_no}",
             lambda: self.client.v1.invoice_items.create(
-                params={
-                    "customer": invoice.customer_id,
-                    "invoice": stripe_invoice_id,
-                    "amount": line.amount_minor,
-                    "currency": invoice.currency,
-                    "description": line.description,
-                    "metadata": {
-                        METADATA_INVOICE_ID: invoice.invoice_id,
-                        METADATA_LINE_NO: str(line.line_no),
-                    },
-                },
-                options={"idempotency_key": line_key(invoice.invoice_id, line.line_no)},
+                params=params, options={"idempotency_key": key}
             ),
         )
 

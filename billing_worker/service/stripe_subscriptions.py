@@ -36,13 +36,14 @@ async def apply_subscription(
     uow: UnitOfWork, book: PriceBook, event: StripeEvent, now: datetime
 ) -> str:
     terms = subscription_terms(event.obj, book)
+    recorded = await uow.stripe.subscription_account(terms.subscription_id)
     account = await account_of(
         uow,
         event,
         metadata_account(event.obj),
         create_on=book.default_plan,
         now=now,
-        recorded=await uow.stripe.subscription_account(terms.subscription_id),
+        recorded=recorded,
     )
     if terms.customer is not None:
         await uow.stripe.link_customer(terms.customer, account)
@@ -59,7 +60,7 @@ async def apply_subscription(
             now,
         )
         return account
-    first_seen = await uow.stripe.subscription_account(terms.subscription_id) is None
+    first_seen = recorded is None
     current = await uow.accounts.get(account, lock=True)
     if event.event_type.endswith(".deleted"):
         status, plan = "canceled", book.default_plan
